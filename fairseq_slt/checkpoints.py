@@ -1,0 +1,86 @@
+"""Reading and writing fairseq checkpoint files, without importing fairseq.
+
+A fairseq checkpoint is a dict with ``model`` (state_dict), ``cfg``, ``optimizer_history`` and
+``extra_state``; the task's own state lives in ``extra_state[TASK_KEY]``.
+"""
+import os
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from .pruning import Mask, PruningError, atomic_save, safe_load
+
+TASK_KEY = "TranslationSLTTask"  # fairseq files task state under the task's class name
+
+
+class Checkpoint:
+    """A loaded fairseq checkpoint (weights-only load), with the accessors the plugin needs."""
+
+    def __init__(self, path: str, what: str = "checkpoint"):
+        self.path, self.what = path, what
+        state = safe_load(path, what)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise PruningError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
+        self.state = state
+
+    @property
+    def model(self) -> Dict[str, torch.Tensor]:
+        return self.state["model"]
+
+    @property
+    def num_updates(self) -> Optional[int]:
+        history = self.state.get("optimizer_history") or [{}]
+        return history[-1].get("num_updates")
+
+    @property
+    def task_state(self) -> dict:
+        return (self.state.get("extra_state") or {}).get(TASK_KEY) or {}
+
+    def mask(self) -> Optional[Mask]:
+        packed = self.task_state.get("mask")
+        return Mask.from_state_dict(packed, source=f"mask in {self.path}") if packed is not None else None
+
+    def check_matches(self, model_state: Mapping[str, torch.Tensor]) -> None:
+        """One clear error when the checkpoint's weights do not fit the model being trained."""
+        for name, tensor in model_state.items():
+            if name not in self.model:
+                raise PruningError(
+                    f"{self.what} {self.path} does not match the model: it has no {name} (different architecture?)")
+            theirs = tuple(self.model[name].shape)
+            if theirs != tuple(tensor.shape):
+                raise PruningError(
+                    f"{self.what} {self.path} does not match the model: {name} has shape {theirs}, the model "
+                    f"{tuple(tensor.shape)} (different architecture or vocabulary?)")
+        extra = sorted(set(self.model) - set(model_state))
+        if extra:
+            raise PruningError(
+                f"{self.what} {self.path} does not match the model: unexpected {extra[0]} (different architecture?)")
+
+
+def rewind_point_path(save_dir: str, update: int) -> str:
+    return os.path.join(save_dir, f"checkpoint_rewind_{update}.pt")
+
+
+def write_model_checkpoint(
+    path: str, model_state: Dict[str, torch.Tensor], cfg: dict, num_updates: int, epoch: int, task_state: dict
+) -> None:
+    """Atomically write model weights as a regular fairseq checkpoint (no optimizer state)."""
+    state = {
+        "args": None,
+        "cfg": cfg,
+        "model": {k: v.detach().cpu().clone() for k, v in model_state.items()},
+        "criterion": None,
+        "optimizer_history": [{
+            "criterion_name": (cfg.get("criterion") or {}).get("_name", "label_smoothed_cross_entropy_slt"),
+            "optimizer_name": "none",
+            "lr_scheduler_state": {},
+            "num_updates": num_updates,
+        }],
+        "task_state": {},
+        "extra_state": {
+            "train_iterator": {"epoch": epoch, "iterations_in_epoch": 0, "shuffle": True, "version": 2},
+            "val_loss": None,
+            TASK_KEY: task_state,
+        },
+    }
+    atomic_save(state, path)

@@ -1,0 +1,74 @@
+"""Which parameters are prunable, and keeping pruned weights at exactly zero during training."""
+import re
+from collections import OrderedDict
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+
+from .io import PruningError
+from .mask import Mask
+
+
+def prunable_parameters(
+    named_parameters: Iterable[Tuple[str, torch.nn.Parameter]], pattern: Optional[str] = None
+) -> "OrderedDict[str, torch.nn.Parameter]":
+    """Weight matrices (dim >= 2) whose name matches ``pattern`` (``re.search``), never biases or norms.
+
+    A parameter shared under several names (tied embeddings) is listed once, under its first name.
+    """
+    try:
+        regex = re.compile(pattern) if pattern else None
+    except re.error as err:
+        raise PruningError(f"--prune-params is not a valid regular expression: {err}") from None
+    chosen, seen = OrderedDict(), set()
+    for name, param in named_parameters:
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        if param.dim() >= 2 and (regex is None or regex.search(name)):
+            chosen[name] = param
+    if not chosen:
+        raise PruningError(f"no prunable weight matrix matches --prune-params {pattern!r}")
+    return chosen
+
+
+class MaskEnforcer:
+    """Gradient hooks that zero masked gradients, plus ``apply()`` to zero masked weights.
+
+    Hooks alone are not enough (Adam moments, weight decay and restored optimizer state move
+    masked weights), so ``apply()`` is called after every optimizer step too.
+    """
+
+    def __init__(self, parameters: Dict[str, torch.nn.Parameter]):
+        self.parameters = parameters
+        self.mask: Optional[Mask] = None
+        self._device_masks: Dict[str, torch.Tensor] = {}
+        self._hooks = [p.register_hook(self._hook(n)) for n, p in parameters.items()]
+
+    def _hook(self, name: str):
+        def zero_masked_grad(grad: torch.Tensor) -> torch.Tensor:
+            keep = self._device_masks.get(name)
+            return grad if keep is None else grad * keep.to(grad.dtype)
+        return zero_masked_grad
+
+    def set_mask(self, mask: Mask) -> None:
+        mask.check_matches(self.parameters)
+        if set(mask) != set(self.parameters):
+            raise PruningError("the mask does not cover exactly the prunable parameters")
+        self.mask = mask
+        self._device_masks = {n: m.to(self.parameters[n].device) for n, m in mask.items()}
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, keep in self._device_masks.items():
+            param = self.parameters[name]
+            param.masked_fill_(~keep, 0.0)
+
+    def masked_nonzero(self) -> int:
+        return self.mask.masked_nonzero(self.parameters) if self.mask is not None else 0
+
+    def remove(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []

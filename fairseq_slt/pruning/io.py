@@ -1,0 +1,60 @@
+"""Atomic writes and safe (weights-only) loads.  No fairseq import here."""
+import argparse
+import json
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import torch
+
+# The only pickled global a fairseq checkpoint needs beyond tensors and containers.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class PruningError(ValueError):
+    """Bad input for pruning: reported to the user as one line."""
+
+
+def allow_fairseq_globals() -> None:
+    """Allow-list what fairseq checkpoints need for ``torch.load(weights_only=True)``."""
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def safe_load(path: str, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True``; every failure becomes one PruningError line."""
+    if not path or not os.path.isfile(path):
+        raise PruningError(f"{what} not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PruningError(f"refusing to load {what} {path}: it is not a plain weights file ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise PruningError(f"cannot read {what} {path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_json(obj: Any, path: str) -> None:
+    _atomic_write(path, lambda handle: handle.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
