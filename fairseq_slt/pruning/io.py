@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import tempfile
 from typing import Any
 
@@ -25,14 +26,16 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True``; every failure becomes one PruningError line."""
     if not path or not os.path.isfile(path):
         raise PruningError(f"{what} not found: {path}")
+    # not the safe_globals() context manager: on exit it would drop the process-wide allow-list
+    allow_fairseq_globals()
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PruningError(f"refusing to load {what} {path}: it is not a plain weights file ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise PruningError(f"cannot read {what} {path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        foreign = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(err))
+        if foreign:
+            raise PruningError(f"refusing to load {what} {path}: it carries the pickled global {foreign.group(1)}, "
+                               "which is not allow-listed (only tensors, containers and argparse.Namespace are)") from None
+        raise PruningError(f"cannot read {what} {path}: not a readable torch file ({type(err).__name__})") from None
 
 
 def _atomic_write(path: str, write) -> None:

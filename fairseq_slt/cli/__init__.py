@@ -1,0 +1,1 @@
+"""The ``fairseq-slt`` console command and its subcommands."""

@@ -1,0 +1,58 @@
+"""``fairseq-slt``: the package's own tools as subcommands (training stays ``fairseq-train``)."""
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+# subcommand -> (module under fairseq_slt.cli, one-line help)
+SUBCOMMANDS = {
+    "prepare": ("prepare", "prepare Multi30k-style parallel text: SentencePiece + fairseq-preprocess"),
+    "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),
+    "link-user-dir": (None, "make '--user-dir fairseq_slt' work from any folder after an editable install"),
+}
+
+
+def _user_dir() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _link_user_dir() -> int:
+    """fairseq also resolves a relative --user-dir beside its own package folder: link ours there."""
+    spec = importlib.util.find_spec("fairseq")
+    if spec is None or not spec.origin:
+        sys.exit("fairseq-slt link-user-dir: error: fairseq is not installed")
+    target = os.path.join(os.path.dirname(os.path.dirname(spec.origin)), "fairseq_slt")
+    source = _user_dir()
+    if os.path.realpath(target) == os.path.realpath(source):
+        print(f"{target} is the plugin already")
+        return 0
+    if os.path.lexists(target):
+        if not os.path.islink(target):
+            sys.exit(f"fairseq-slt link-user-dir: error: {target} exists and is not a link; remove it first")
+        os.remove(target)
+    os.symlink(source, target)
+    print(f"linked {target} -> {source}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fairseq-slt", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if module:
+            modules[name] = importlib.import_module(f"fairseq_slt.cli.{module}")
+            modules[name].add_arguments(sub)
+    args = parser.parse_args(argv)
+    if args.command == "user-dir":
+        print(_user_dir())
+        return 0
+    if args.command == "link-user-dir":
+        return _link_user_dir()
+    return modules[args.command].main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

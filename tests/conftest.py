@@ -1,0 +1,90 @@
+"""Shared fixtures: a small slice of Multi30k, a tiny transformer, and helpers that run fairseq's CLIs."""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(ROOT, "fairseq_slt")
+MULTI30K = os.environ.get("MULTI30K_DIR", os.path.join(ROOT, "..", "shared", "data", "multi30k"))
+BIN = os.path.dirname(sys.executable)
+
+TINY_MODEL = (
+    "--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
+    "--encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-attention-heads 2 "
+    "--decoder-attention-heads 2 --share-all-embeddings"
+).split()
+TRAINING = (
+    "--optimizer adam --adam-betas (0.9,0.98) --lr 0.003 --lr-scheduler inverse_sqrt --warmup-updates 4 "
+    "--weight-decay 0.01 --max-tokens 1500 --label-smoothing 0.1 --seed 1 --cpu --num-workers 0 "
+    "--no-progress-bar --log-interval 2 --log-format simple --no-epoch-checkpoints"
+).split()
+
+
+def env():
+    variables = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    variables["PATH"] = BIN + os.pathsep + variables.get("PATH", "")
+    return variables
+
+
+def run_tool(tool, *args, cwd=None, check=True):
+    result = subprocess.run([os.path.join(BIN, tool), *map(str, args)], cwd=cwd or ROOT, env=env(),
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def train(data, save_dir, *extra, check=True, max_update=12, model=TINY_MODEL, cwd=None):
+    args = [data, "--user-dir", USER_DIR, "--task", "translation_slt", "--criterion",
+            "label_smoothed_cross_entropy_slt", *model, *TRAINING, "--max-update", max_update,
+            "--save-dir", save_dir, *extra]
+    return run_tool("fairseq-train", *args, check=check, cwd=cwd)
+
+
+def load(path):
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def log_values(stdout, key):
+    return [float(v) for v in re.findall(rf"\b{key}[ =]([-\d.e]+)", stdout)]
+
+
+@pytest.fixture(scope="session")
+def data_bin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multi30k")
+    run_tool("fairseq-slt", "prepare", "--raw-dir", MULTI30K, "--out", out, "--train-lines", 2000,
+             "--eval-lines", 100, "--vocab-size", 1000)
+    return str(out / "data-bin")
+
+
+@pytest.fixture(scope="session")
+def dense_run(data_bin, tmp_path_factory):
+    """A dense run that saved rewind points 0 and 4."""
+    save = str(tmp_path_factory.mktemp("dense"))
+    result = train(data_bin, save, "--prune-method", "none", "--save-rewind-points", "0,4", max_update=16)
+    return {"dir": save, "stdout": result.stdout, "best": os.path.join(save, "checkpoint_best.pt"),
+            "last": os.path.join(save, "checkpoint_last.pt"),
+            "rewind0": os.path.join(save, "checkpoint_rewind_0.pt"),
+            "rewind4": os.path.join(save, "checkpoint_rewind_4.pt")}
+
+
+@pytest.fixture(scope="session")
+def slt_run(data_bin, dense_run, tmp_path_factory):
+    """SLT at 80 % from the dense run, saving its own rewind point 0 (its starting weights)."""
+    save = str(tmp_path_factory.mktemp("slt"))
+    result = train(data_bin, save, "--prune-method", "slt", "--prune-sparsity", "0.8",
+                   "--prune-mask-from", dense_run["best"], "--prune-rewind-from", dense_run["rewind4"],
+                   "--save-rewind-points", "0,4")
+    return {"dir": save, "stdout": result.stdout, "best": os.path.join(save, "checkpoint_best.pt")}
+
+
+def copy_tree(src, dst):
+    shutil.copytree(src, dst)
+    return dst

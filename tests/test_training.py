@@ -1,0 +1,147 @@
+"""fairseq-train / fairseq-generate on a slice of Multi30k with a tiny transformer."""
+import os
+import re
+import shutil
+
+import torch
+
+from conftest import USER_DIR, load, log_values, run_tool, train
+from fairseq_slt.checkpoints import TASK_KEY
+from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
+
+EMBED = "encoder.embed_tokens.weight"
+TIED = ("decoder.embed_tokens.weight", "decoder.output_projection.weight")  # aliases of EMBED
+
+
+def masked_reference(weights, mask, name):
+    """What rewinding gives for state_dict entry ``name``: the weight times its mask (tied aliases share it)."""
+    key = EMBED if name in TIED else name
+    return weights[name] * mask[key] if key in mask else weights[name]
+
+
+def saved_mask(path):
+    return Mask.from_state_dict(load(path)["extra_state"][TASK_KEY]["mask"])
+
+
+def assert_masked_weights_zero(checkpoint_path, mask):
+    model = load(checkpoint_path)["model"]
+    for name, keep in mask.items():
+        assert float(model[name][~keep].abs().max()) == 0.0, name
+        assert int((model[name][keep] != 0).sum()) > 0, name
+    return model
+
+
+def test_rewind_points_are_the_exact_weights_before_update_1_and_after_update_k(data_bin, dense_run, tmp_path):
+    theta0, theta4 = load(dense_run["rewind0"]), load(dense_run["rewind4"])
+    assert theta0["optimizer_history"][-1]["num_updates"] == 0
+    assert theta4["optimizer_history"][-1]["num_updates"] == 4
+    # the same seed and data rerun for exactly 4 updates ends at theta_4; 0 updates of training is theta_0
+    rerun = str(tmp_path / "rerun")
+    train(data_bin, rerun, "--prune-method", "none", max_update=4)
+    after4 = load(os.path.join(rerun, "checkpoint_last.pt"))["model"]
+    for name, tensor in theta4["model"].items():
+        assert torch.equal(tensor, after4[name]), name
+    assert any(not torch.equal(theta0["model"][n], theta4["model"][n]) for n in theta0["model"])
+    # a rewind point is a regular fairseq checkpoint: fairseq-train can restore from it
+    restored = str(tmp_path / "restored")
+    result = train(data_bin, restored, "--prune-method", "none", "--restore-file", dense_run["rewind4"],
+                   "--reset-dataloader", "--reset-meters", max_update=2)
+    assert "Loaded checkpoint" in result.stdout
+
+
+def test_slt_mask_is_exact_per_layer_and_start_weights_are_the_rewind_point(dense_run, slt_run):
+    dense = load(dense_run["best"])["model"]
+    mask = Mask.load(os.path.join(slt_run["dir"], "mask.pt"))
+    assert EMBED in mask and "decoder.embed_tokens.weight" not in mask  # tied embedding: masked once
+    assert not any(name.endswith("bias") or "layer_norm" in name for name in mask)
+    assert all(keep.dim() == 2 for keep in mask.values())
+    for name, keep in mask.items():
+        assert int((~keep).sum()) == pruned_count(0.8, keep.numel()), name
+    expected = magnitude_mask({n: dense[n] for n in mask}, 0.8)
+    assert all(torch.equal(expected[n], mask[n]) for n in mask)
+    # this run's update-0 weights are theta_4 of the dense run, times the mask, exactly
+    theta4, start = load(dense_run["rewind4"])["model"], load(os.path.join(slt_run["dir"], "checkpoint_rewind_0.pt"))
+    for name, tensor in start["model"].items():
+        assert torch.equal(tensor, masked_reference(theta4, mask, name)), name
+    assert torch.equal(start["model"]["decoder.embed_tokens.weight"], start["model"][EMBED])
+    # after training: masked weights exactly 0, sparsity and masked_nonzero in the log lines
+    trained = assert_masked_weights_zero(slt_run["best"], saved_mask(slt_run["best"]))
+    assert torch.equal(trained["decoder.embed_tokens.weight"], trained[EMBED])
+    assert set(log_values(slt_run["stdout"], "masked_nonzero")) == {0.0}
+    assert min(log_values(slt_run["stdout"], "sparsity")) >= 0.7999
+    report = __import__("json").load(open(os.path.join(slt_run["dir"], "mask_report.json")))
+    assert report["layers"][EMBED]["sparsity"] == round(pruned_count(0.8, mask[EMBED].numel()) / mask[EMBED].numel(), 6)
+
+
+def test_lt_rewinds_to_theta0_and_global_scope(data_bin, dense_run, tmp_path):
+    save = str(tmp_path / "lt")
+    train(data_bin, save, "--prune-method", "lt", "--prune-sparsity", "0.5", "--prune-scope", "global",
+          "--prune-mask-from", dense_run["best"], "--prune-rewind-from", dense_run["rewind0"],
+          "--save-rewind-points", "0", "--prune-params", r"layers\.", max_update=4)
+    mask = Mask.load(os.path.join(save, "mask.pt"))
+    assert EMBED not in mask and all("layers." in n for n in mask)
+    dense = load(dense_run["best"])["model"]
+    assert all(torch.equal(mask[n], magnitude_mask({k: dense[k] for k in mask}, 0.5, scope="global")[n]) for n in mask)
+    assert mask.pruned() == pruned_count(0.5, mask.total())
+    start, theta0 = load(os.path.join(save, "checkpoint_rewind_0.pt"))["model"], load(dense_run["rewind0"])["model"]
+    assert all(torch.equal(start[n], masked_reference(theta0, mask, n)) for n in start)
+    assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), mask)
+
+
+def test_update_freq_and_restored_dense_optimizer_keep_masked_weights_zero(data_bin, dense_run, tmp_path):
+    common = ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from", dense_run["best"],
+              "--prune-rewind-from", dense_run["rewind4"]]
+    save = str(tmp_path / "freq2")
+    result = train(data_bin, save, *common, "--update-freq", "2", max_update=6)
+    assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), Mask.load(os.path.join(save, "mask.pt")))
+    assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}
+    # Adam moments of the dense run restored (no --reset-optimizer): they must not revive pruned weights
+    save = str(tmp_path / "restored_optimizer")
+    result = train(data_bin, save, *common, "--restore-file", dense_run["last"], "--reset-dataloader",
+                   "--reset-meters", "--reset-lr-scheduler", max_update=24)
+    assert "Loaded checkpoint" in result.stdout and "num_updates 24" in result.stdout
+    assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), Mask.load(os.path.join(save, "mask.pt")))
+
+
+def test_resume_restores_the_mask_from_the_checkpoint(data_bin, dense_run, tmp_path):
+    mask_source = str(tmp_path / "source.pt")
+    shutil.copy(dense_run["best"], mask_source)
+    common = ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from", mask_source,
+              "--prune-rewind-from", dense_run["rewind4"]]
+    save = str(tmp_path / "resume")
+    train(data_bin, save, *common, max_update=6)  # "interrupted" after 6 updates
+    first = saved_mask(os.path.join(save, "checkpoint_last.pt"))
+    shutil.copy(dense_run["rewind0"], mask_source)  # a recomputed mask would now differ
+    assert any(not torch.equal(first[n], magnitude_mask({n: load(mask_source)["model"][n] for n in first}, 0.8)[n])
+               for n in first)
+    result = train(data_bin, save, *common, max_update=12)
+    assert "Loaded checkpoint" in result.stdout and "num_updates 12" in result.stdout
+    resumed = saved_mask(os.path.join(save, "checkpoint_last.pt"))
+    assert all(torch.equal(first[n], resumed[n]) for n in first)
+    assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), first)
+
+
+def test_generate_scores_every_checkpoint_kind_with_sacrebleu_from_any_folder(data_bin, dense_run, slt_run, tmp_path):
+    for checkpoint in (slt_run["best"], os.path.join(slt_run["dir"], "checkpoint_rewind_4.pt"), dense_run["best"]):
+        result = run_tool("fairseq-generate", data_bin, "--user-dir", "fairseq_slt", "--task", "translation_slt",
+                          "--path", checkpoint, "--beam", 2, "--batch-size", 64, "--max-len-b", 20,
+                          "--remove-bpe", "sentencepiece", "--scoring", "sacrebleu", "--cpu", cwd=str(tmp_path))
+        assert re.search(r"Generate test with beam=2: BLEU = \d+\.\d+ ", result.stdout), result.stdout[-500:]
+    assert os.path.isdir(USER_DIR)
+
+
+def test_stock_fairseq_loads_a_pruned_checkpoint(data_bin, slt_run):
+    script = (
+        "import argparse, torch\n"
+        "torch.serialization.add_safe_globals([argparse.Namespace])\n"
+        "from fairseq import checkpoint_utils, tasks\n"
+        "from fairseq.tasks.translation import TranslationConfig\n"
+        "from omegaconf import OmegaConf\n"
+        f"cfg = OmegaConf.structured(TranslationConfig(data={data_bin!r}, source_lang='en', target_lang='de'))\n"
+        "task = tasks.TASK_REGISTRY['translation'].setup_task(cfg)\n"
+        f"models, _ = checkpoint_utils.load_model_ensemble([{slt_run['best']!r}], task=task)\n"
+        "w = models[0].encoder.layers[0].fc1.weight\n"
+        "print('zeros', float((w == 0).float().mean()))\n"
+    )
+    result = run_tool("python", "-c", script)
+    assert abs(float(result.stdout.split("zeros")[-1]) - 0.8) < 0.001
