@@ -90,7 +90,9 @@ def prepare(args):
             "--destdir", dest + ".part", "--workers", str(args.workers),
         ]
         shutil.rmtree(dest + ".part", ignore_errors=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            raise OSError(f"fairseq-preprocess failed: {result.stderr.strip().splitlines()[-1:]}")
         os.replace(dest + ".part", dest)
     print(dest)
     return dest
@@ -99,5 +101,5 @@ def prepare(args):
 def main(args):
     try:
         prepare(args)
-    except (OSError, subprocess.CalledProcessError) as err:
+    except OSError as err:
         sys.exit(f"fairseq-slt prepare: error: {err}")

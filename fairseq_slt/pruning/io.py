@@ -2,7 +2,6 @@
 import argparse
 import json
 import os
-import pickle
 import re
 import tempfile
 from typing import Any
@@ -30,7 +29,7 @@ def safe_load(path: str, what: str = "checkpoint") -> Any:
     allow_fairseq_globals()
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # any failure to unpickle (garbage bytes raise IndexError, KeyError, ...)
         foreign = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(err))
         if foreign:
             raise PruningError(f"refusing to load {what} {path}: it carries the pickled global {foreign.group(1)}, "

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Dense baseline that also saves the rewind points theta_0 and theta_k.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+run="$WORK/dense"
+[ -e "$(done_marker "$run")" ] && { echo "dense: done"; exit 0; }
+slt_train --prune-method none --save-rewind-points "0,$REWIND_K" --save-dir "$run" | tee -a "$WORK/dense.log"
+touch "$(done_marker "$run")"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Settings shared by the Multi30k recipe. Every one can be overridden from the environment,
+# e.g. MAX_UPDATE=3000 SPARSITY=0.9 bash examples/multi30k/run_demo.sh
+set -euo pipefail
+RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$RECIPE_DIR/../.." && pwd)"
+
+: "${MULTI30K_DIR:=$ROOT/../shared/data/multi30k}"  # local <split>.<lang>.gz; otherwise downloaded
+: "${WORK:=$ROOT/runs/multi30k}"                     # data and runs go here
+: "${SRC:=en}" "${TGT:=de}" "${VOCAB_SIZE:=4000}"
+: "${MAX_UPDATE:=1000}"                               # updates per training run
+: "${REWIND_K:=$(( MAX_UPDATE / 20 ))}"               # theta_k: about 5 % of training, as in the paper
+: "${SPARSITY:=0.8}"
+: "${THREADS:=2}"
+: "${BEAM:=5}"
+: "${USER_DIR:=$ROOT/fairseq_slt}"
+: "${ARCH_ARGS:=--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings --dropout 0.1}"
+: "${TRAIN_ARGS:=--optimizer adam --adam-betas (0.9,0.98) --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 200 --weight-decay 0.0001 --label-smoothing 0.1 --max-tokens 4096 --cpu --num-workers 0 --no-epoch-checkpoints --no-progress-bar --log-interval 50 --log-format simple --seed 1}"
+
+DATA="$WORK/data/data-bin"
+if [ -z "${SLT_NO_SETUP:-}" ]; then  # set SLT_NO_SETUP=1 to use the fairseq already on PATH
+  VENV="$("$ROOT/scripts/setup_env.sh")"
+  export PATH="$VENV/bin:$PATH"
+fi
+export OMP_NUM_THREADS="$THREADS"
+
+# fairseq-train with the plugin; the caller adds the run's own options
+slt_train() {
+  # shellcheck disable=SC2086
+  fairseq-train "$DATA" --user-dir "$USER_DIR" --task translation_slt \
+    --criterion label_smoothed_cross_entropy_slt $ARCH_ARGS $TRAIN_ARGS --max-update "$MAX_UPDATE" "$@"
+}
+
+# a stage runs once: it is skipped when its marker exists
+done_marker() { echo "$1/.done"; }

@@ -1,0 +1,101 @@
+"""Every bad input: one clear error line before training, nothing written, existing files untouched."""
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from conftest import load, train
+from fairseq_slt.checkpoints import TASK_KEY
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.getpid, ())
+
+
+def _variant(source, path, change):
+    state = load(source)
+    change(state)
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_files(dense_run, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    dense = dense_run["best"]
+
+    def wider_vocab(state):
+        for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+            state["model"][key] = torch.zeros(state["model"][key].shape[0] + 8, state["model"][key].shape[1])
+
+    def deeper(state):
+        for key in [k for k in state["model"] if k.startswith("encoder.layers.0.")]:
+            state["model"][key.replace("layers.0.", "layers.1.")] = state["model"][key].clone()
+
+    def broken_mask(state):
+        state["extra_state"][TASK_KEY] = {"mask": {"format": "fairseq-slt-mask", "version": 1,
+                                                   "masks": {"encoder.embed_tokens.weight": {"shape": [3]}}}}
+
+    garbage = folder / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    return {
+        "vocab": _variant(dense, str(folder / "vocab.pt"), wider_vocab),
+        "arch": _variant(dense, str(folder / "arch.pt"), deeper),
+        "evil": _variant(dense, str(folder / "evil.pt"), lambda s: s.update(evil=Evil())),
+        "broken_mask": _variant(dense, str(folder / "broken_mask.pt"), broken_mask),
+        "garbage": str(garbage),
+    }
+
+
+def cases(dense, bad):
+    slt = lambda mask=dense["best"], rewind=dense["rewind4"], sparsity="0.8": [  # noqa: E731
+        "--prune-method", "slt", "--prune-sparsity", sparsity, "--prune-mask-from", mask, "--prune-rewind-from", rewind]
+    return {
+        "sparsity 1": (slt(sparsity="1.0"), r"--prune-sparsity must be in \[0, 1\), got 1.0"),
+        "sparsity negative": (slt(sparsity="-0.1"), r"--prune-sparsity must be in \[0, 1\), got -0.1"),
+        "no mask source": (["--prune-method", "slt", "--prune-sparsity", "0.5", "--prune-rewind-from",
+                            dense["rewind4"]], "--prune-method slt needs --prune-mask-from"),
+        "no rewind source": (["--prune-method", "slt", "--prune-sparsity", "0.5", "--prune-mask-from",
+                              dense["best"]], "--prune-method slt needs --prune-rewind-from"),
+        "missing checkpoint": (slt(mask="/nonexistent/checkpoint_best.pt"),
+                               "--prune-mask-from checkpoint not found: /nonexistent/checkpoint_best.pt"),
+        "rewind beyond run": (["--prune-method", "none", "--save-rewind-points", "0,50"],
+                              "rewind point 50 is beyond the run's --max-update 12"),
+        "unknown method": (["--prune-method", "magic"], "--prune-method must be one of"),
+        "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "
+                                                      r"\(1008, 32\) \(different architecture or vocabulary\?\)"),
+        "other architecture": (slt(rewind=bad["arch"]), "does not match the model: unexpected encoder.layers.1"),
+        "pickled global": (slt(mask=bad["evil"]), "refusing to load --prune-mask-from checkpoint .*pickled global"),
+        "corrupt checkpoint": (slt(rewind=bad["garbage"]), "cannot read --prune-rewind-from checkpoint"),
+        "corrupt mask": (slt(mask=bad["broken_mask"]), "mask in .* is corrupt"),
+        "lt from theta_k": (["--prune-method", "lt", "--prune-sparsity", "0.5", "--prune-mask-from", dense["best"],
+                             "--prune-rewind-from", dense["rewind4"]], "lt rewinds to update 0"),
+        "slt from theta_0": (slt(rewind=dense["rewind0"]), "a checkpoint from update 0 is --prune-method lt"),
+    }
+
+
+def test_bad_inputs_fail_with_one_line_before_training(data_bin, dense_run, bad_files, tmp_path):
+    table = cases(dense_run, bad_files)
+
+    def attempt(item):
+        label, (args, _) = item
+        save = tmp_path / label.replace(" ", "_")
+        save.mkdir()
+        (save / "checkpoint_last.pt.keep").write_text("existing")
+        return label, save, train(data_bin, str(save), *args, check=False)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(attempt, table.items()))
+    for label, save, result in results:
+        pattern = table[label][1]
+        errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert result.returncode != 0, label
+        assert "Traceback" not in result.stderr, (label, result.stderr[-2000:])
+        assert len(errors) == 1 and errors[0].startswith("fairseq-slt: error: "), (label, errors)
+        assert re.search(pattern, errors[0]), (label, errors[0])
+        assert sorted(os.listdir(save)) == ["checkpoint_last.pt.keep"], label
+        assert (save / "checkpoint_last.pt.keep").read_text() == "existing"
+        assert "begin training" not in result.stdout, label
