@@ -9,12 +9,16 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
-from .pruning import Mask, MaskEnforcer, PruningError, check_sparsity, magnitude_mask, prunable_parameters
+from .pruning import (Mask, MaskEnforcer, PruningError, check_sparsity, magnitude_mask, prunable_parameters,
+                      random_mask)
+from .pruning.reinit import constant_weights
+from .pruning.schedule import check_schedule, cubic_sparsity, is_pruning_step
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("none", "lt", "slt")
-FROM_CHECKPOINT = ("lt", "slt")  # methods whose mask and weights come from earlier runs
+METHODS = ("none", "lt", "slt", "clt", "mp")
+FROM_CHECKPOINT = ("lt", "slt", "clt")  # methods whose mask and weights must come from earlier runs
+CONTROLS = {"prune_random_mask": FROM_CHECKPOINT, "prune_reinit": FROM_CHECKPOINT, "prune_clt_random_signs": ("clt",)}
 MASK_FILE, REPORT_FILE = "mask.pt", "mask_report.json"
 
 
@@ -38,19 +42,27 @@ def validate_options(cfg) -> None:
     max_update = int(cfg.max_update or 0)
     if points and max_update > 0 and points[-1] > max_update:
         raise PruningError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
+    for control, methods in CONTROLS.items():
+        if getattr(cfg, control) and cfg.prune_method not in methods:
+            raise PruningError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(methods)}")
     if cfg.prune_method == "none":
         return
     check_sparsity(cfg.prune_sparsity, "--prune-sparsity")
-    if cfg.prune_method in FROM_CHECKPOINT:
-        for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
-            if not path:
-                raise PruningError(f"--prune-method {cfg.prune_method} needs {option}")
-            if not os.path.isfile(path):
-                raise PruningError(f"{option} checkpoint not found: {path}")
+    if cfg.prune_method == "mp":
+        check_schedule(cfg.prune_initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
+                       cfg.prune_frequency)
+    for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
+        if not path and cfg.prune_method in FROM_CHECKPOINT:
+            raise PruningError(f"--prune-method {cfg.prune_method} needs {option}")
+        if path and not os.path.isfile(path):
+            raise PruningError(f"{option} checkpoint not found: {path}")
 
 
 class PruningRun:
-    def __init__(self, cfg, model: torch.nn.Module, full_config: Callable[[], dict]):
+    """``fresh_init``: a seeded fairseq initialisation of the model, for the --prune-reinit control."""
+
+    def __init__(self, cfg, model: torch.nn.Module, full_config: Callable[[], dict],
+                 fresh_init: Optional[Dict[str, torch.Tensor]] = None):
         self.cfg, self.model, self.full_config = cfg, model, full_config
         self.method = cfg.prune_method
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
@@ -60,8 +72,8 @@ class PruningRun:
         self.mask_written: Optional[Mask] = None
         self.pending_mask: Optional[Mask] = None
         self.rewind_state: Optional[Dict[str, torch.Tensor]] = None
-        if self.method in FROM_CHECKPOINT:
-            self._prepare_from_checkpoints()
+        if self.method in FROM_CHECKPOINT or self.method == "mp":
+            self._prepare(fresh_init)
 
     @property
     def is_master(self) -> bool:
@@ -75,33 +87,54 @@ class PruningRun:
         """Identifies the run: a restored task state resumes it only when this matches."""
         paths = {k: os.path.abspath(v) if v else None
                  for k, v in (("mask_from", self.cfg.prune_mask_from), ("rewind_from", self.cfg.prune_rewind_from))}
-        return {"method": self.method, "sparsity": float(self.cfg.prune_sparsity), "scope": self.cfg.prune_scope,
-                "params": self.cfg.prune_params, **paths}
+        options = ("prune_sparsity", "prune_scope", "prune_params", "prune_initial_sparsity", "prune_start",
+                   "prune_end", "prune_frequency", *CONTROLS, "prune_seed")
+        return {"method": self.method, **paths, **{k: getattr(self.cfg, k) for k in options}}
 
     # set-up (before training): every bad input fails here
-    def _prepare_from_checkpoints(self) -> None:
-        model_state = self.model.state_dict()
-        source = Checkpoint(self.cfg.prune_mask_from, "--prune-mask-from checkpoint")
-        source.check_matches(model_state)
-        rewind = Checkpoint(self.cfg.prune_rewind_from, "--prune-rewind-from checkpoint")
-        rewind.check_matches(model_state)
-        self._check_rewind_update(rewind.num_updates)
-        previous = source.mask()
+    def _load(self, path: Optional[str], option: str, model_state) -> Optional[Checkpoint]:
+        if not path:
+            return None
+        checkpoint = Checkpoint(path, f"{option} checkpoint")
+        checkpoint.check_matches(model_state)
+        return checkpoint
+
+    def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> None:
+        cfg, model_state = self.cfg, self.model.state_dict()
+        source = self._load(cfg.prune_mask_from, "--prune-mask-from", model_state)
+        rewind = self._load(cfg.prune_rewind_from, "--prune-rewind-from", model_state)
+        if rewind is not None:
+            self._check_rewind_update(rewind.num_updates)
+        previous = source.mask() if source is not None else None
         if previous is not None:
             previous.check_matches(self.params, "model")
             if set(previous) != set(self.params):
                 raise PruningError(f"the mask in {source.path} covers other parameters than --prune-params selects")
-        weights = {name: source.model[name] for name in self.params}
-        self.pending_mask = magnitude_mask(weights, self.cfg.prune_sparsity, previous, self.cfg.prune_scope)
-        self.rewind_state = {name: rewind.model[name] for name in model_state}
-        logger.info(f"{self.method}: mask at sparsity {self.pending_mask.sparsity():.4f} from {source.path}, "
-                    f"weights from {rewind.path} (update {rewind.num_updates})")
+        sparsity = cfg.prune_sparsity
+        if self.method == "mp":  # the starting mask: s_0, at least the source mask's sparsity
+            sparsity = max(cfg.prune_initial_sparsity, previous.sparsity() if previous is not None else 0.0)
+            if sparsity > cfg.prune_sparsity:
+                raise PruningError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
+                                   f"{cfg.prune_sparsity}")
+            self.initial_sparsity = sparsity
+        start_weights = rewind.model if rewind is not None else model_state
+        scored = source.model if source is not None else start_weights
+        weights = {name: scored[name] for name in self.params}
+        self.pending_mask = magnitude_mask(weights, sparsity, previous, cfg.prune_scope)
+        if cfg.prune_random_mask:
+            self.pending_mask = random_mask(weights, self.pending_mask, cfg.prune_seed, previous)
+        start = fresh_init if cfg.prune_reinit else start_weights
+        self.rewind_state = {name: start[name] for name in model_state}
+        logger.info(f"{self.method}: starting mask at sparsity {self.pending_mask.sparsity():.4f}"
+                    f"{' (random)' if cfg.prune_random_mask else ''} from {source.path if source else 'the start weights'}; "
+                    f"weights from {'a fresh init' if cfg.prune_reinit else rewind.path if rewind else 'the model init'}")
 
     def _check_rewind_update(self, update: Optional[int]) -> None:
         if self.method == "lt" and update not in (None, 0):
             raise PruningError(f"--prune-method lt rewinds to update 0, but --prune-rewind-from is from update {update}")
-        if self.method == "slt" and update == 0:
-            raise PruningError("--prune-method slt rewinds to update k > 0; a checkpoint from update 0 is --prune-method lt")
+        if self.method in ("slt", "clt") and update == 0:
+            raise PruningError(f"--prune-method {self.method} rewinds to update k > 0; "
+                               "a checkpoint from update 0 is --prune-method lt")
 
     # training hooks
     def start(self, update_num: int) -> None:
@@ -111,17 +144,32 @@ class PruningRun:
         self.started = True
         if not self.resumed and self.pending_mask is not None:
             torch.nn.Module.load_state_dict(self.model, self.rewind_state, strict=True)
+            if self.method == "clt":
+                self._set_constant_weights()
             self.enforcer.set_mask(self.pending_mask)
             self.write_mask_files()
         self.pending_mask = self.rewind_state = None
         if update_num == 0 and 0 in self.rewind_points:
             self.save_rewind_point(0)
 
+    @torch.no_grad()
+    def _set_constant_weights(self) -> None:
+        seed = self.cfg.prune_seed if self.cfg.prune_clt_random_signs else None
+        for name, value in constant_weights(self.params, self.pending_mask, seed).items():
+            self.params[name].copy_(value)
+
     def after_step(self, update_num: int) -> None:
-        """After the optimizer step of update ``update_num`` (0-based): re-apply the mask, save rewind points."""
-        self.enforcer.apply()
-        if update_num + 1 in self.rewind_points:
-            self.save_rewind_point(update_num + 1)
+        """After the optimizer step of update ``update_num`` (0-based): prune (mp), re-apply the mask,
+        save rewind points."""
+        done = update_num + 1
+        cfg = self.cfg
+        if self.method == "mp" and is_pruning_step(done, cfg.prune_start, cfg.prune_end, cfg.prune_frequency):
+            target = cubic_sparsity(done, self.initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end)
+            self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
+        else:
+            self.enforcer.apply()
+        if done in self.rewind_points:
+            self.save_rewind_point(done)
 
     def save_rewind_point(self, update: int) -> None:
         if not self.is_master:

@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
@@ -15,7 +16,7 @@ class TranslationSLTConfig(TranslationConfig):
     prune_method: str = field(default="none", metadata={
         "help": f"pruning method: {', '.join(METHODS)} (none trains densely)"})
     prune_sparsity: float = field(default=0.0, metadata={
-        "help": "fraction of each weight matrix to prune, in [0, 1) (final sparsity for mp)"})
+        "help": "fraction of each weight matrix to prune, in [0, 1) (the final sparsity s_T for mp)"})
     prune_scope: str = field(default="layer", metadata={
         "help": "layer: every weight matrix reaches the sparsity (paper); global: one threshold for all"})
     prune_params: Optional[str] = field(default=None, metadata={
@@ -24,6 +25,18 @@ class TranslationSLTConfig(TranslationConfig):
         "help": "converged checkpoint whose weight magnitudes give the mask (its own mask stays pruned)"})
     prune_rewind_from: Optional[str] = field(default=None, metadata={
         "help": "checkpoint whose weights the pruned run starts from (theta_0 for lt, theta_k for slt)"})
+    prune_initial_sparsity: float = field(default=0.0, metadata={
+        "help": "mp: sparsity s_0 at --prune-start (at least the sparsity of the --prune-mask-from mask)"})
+    prune_start: int = field(default=0, metadata={"help": "mp: first pruning update t_start"})
+    prune_end: int = field(default=0, metadata={"help": "mp: last pruning update t_end; the final sparsity holds after it"})
+    prune_frequency: int = field(default=100, metadata={"help": "mp: prune every N updates between start and end"})
+    prune_clt_random_signs: bool = field(default=False, metadata={
+        "help": "control for clt: random signs (seeded by --prune-seed) instead of sign(theta_k)"})
+    prune_random_mask: bool = field(default=False, metadata={
+        "help": "control for lt/slt/clt: a random mask (seeded) with the same per-layer sparsity"})
+    prune_reinit: bool = field(default=False, metadata={
+        "help": "control for lt/slt/clt: start from a fresh fairseq initialisation (seeded) instead of the rewind point"})
+    prune_seed: int = field(default=1, metadata={"help": "seed of the random controls"})
     save_rewind_points: Optional[str] = field(default=None, metadata={
         "help": "comma-separated updates, e.g. 0,400: save the weights before update 1 (0) and right after "
                 "update K as checkpoint_rewind_K.pt in the save dir"})
@@ -59,8 +72,13 @@ class TranslationSLTTask(TranslationTask):
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         if not from_checkpoint:
+            fresh_init = None
+            if self.cfg.prune_reinit:  # fairseq's own initialisation, seeded by --prune-seed
+                with torch.random.fork_rng():
+                    torch.manual_seed(self.cfg.prune_seed)
+                    fresh_init = super().build_model(cfg, from_checkpoint).state_dict()
             try:
-                self.pruning = PruningRun(self.cfg, model, self._full_config)
+                self.pruning = PruningRun(self.cfg, model, self._full_config, fresh_init)
             except PruningError as err:
                 raise _user_error(err) from None
         return model
