@@ -8,6 +8,8 @@ import sys
 # subcommand -> (module under fairseq_slt.cli, one-line help)
 SUBCOMMANDS = {
     "prepare": ("prepare", "prepare Multi30k-style parallel text: SentencePiece + fairseq-preprocess"),
+    "iterate": ("iterate", "iterative pruning: one fairseq-train run per sparsity level (resumable)"),
+    "analyze": ("analyze", "per-layer sparsity, mask overlap and sign agreement of masks/checkpoints"),
     "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),
     "link-user-dir": (None, "make '--user-dir fairseq_slt' work from any folder after an editable install"),
 }

@@ -1,0 +1,195 @@
+"""``fairseq-slt iterate``: iterative pruning, one ``fairseq-train`` run per sparsity level.
+
+Each level's mask comes from the previous level's converged checkpoint, and its weights from the
+previous level's own theta_k (the paper) or the dense run's (Frankle et al.).  A level whose run
+finished is skipped when the driver is rerun; an interrupted level resumes from its checkpoint_last.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from ..checkpoints import Checkpoint, rewind_point_path
+from ..pruning import Mask, PruningError, atomic_write_json
+from ..pruning.schedule import check_schedule
+from .stages import Stage, plan_stages
+
+DEFAULT_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.98"
+PLUGIN_ARGS = (("--task", "translation_slt"), ("--criterion", "label_smoothed_cross_entropy_slt"))
+USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESERVED = ("--save-dir", "--prune-", "--save-rewind-points", "--restore-file")
+
+
+def add_arguments(parser):
+    parser.add_argument("--work-dir", required=True, help="one folder per level goes here, plus summary.json")
+    parser.add_argument("--levels", default=DEFAULT_LEVELS, help="increasing sparsities (the paper's by default)")
+    parser.add_argument("--method", choices=("slt", "lt", "clt"), default="slt", help="method of every level")
+    parser.add_argument("--rewind-k", type=int, default=0, help="update k of the rewind point theta_k (slt, clt)")
+    parser.add_argument("--rewind-source", choices=("previous", "dense"), default="previous",
+                        help="theta_k of the previous level's run (paper) or of the dense run (Frankle et al.)")
+    parser.add_argument("--dense-dir", help="a finished dense run with checkpoint_best.pt and its rewind points; "
+                                            "default: the driver trains one in WORK/dense")
+    parser.add_argument("--combine", choices=("none", "slt-mp", "mp-slt"), default="none",
+                        help="slt-mp: SLT levels up to --intermediate, then MP to the last level; "
+                             "mp-slt: MP to --intermediate, then SLT levels above it")
+    parser.add_argument("--intermediate", type=float, help="the intermediate sparsity s_i of --combine")
+    parser.add_argument("--mp-start", type=int, default=0, help="MP stage: --prune-start")
+    parser.add_argument("--mp-end", type=int, default=0, help="MP stage: --prune-end")
+    parser.add_argument("--mp-frequency", type=int, default=100, help="MP stage: --prune-frequency")
+    parser.add_argument("--bleu", action="store_true", help="also score each level on the valid set (sacreBLEU)")
+    parser.add_argument("--generate-args", default="--beam 4 --batch-size 128 --remove-bpe sentencepiece",
+                        help="fairseq-generate options for --bleu")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and commands, run nothing")
+    parser.add_argument("train_args", nargs="*", metavar="-- DATA FAIRSEQ_TRAIN_OPTIONS",
+                        help="after --: the data folder and fairseq-train options shared by every run")
+
+
+def parse_levels(text: str):
+    try:
+        levels = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PruningError(f"--levels must be comma-separated sparsities, got {text!r}") from None
+    if not levels or any(not 0.0 < v < 1.0 for v in levels):
+        raise PruningError(f"--levels must be sparsities in (0, 1), got {text!r}")
+    if any(b <= a for a, b in zip(levels, levels[1:])):
+        raise PruningError(f"--levels must be strictly increasing, got {text!r}")
+    return levels
+
+
+def validate(args, levels):
+    if not args.train_args or args.train_args[0].startswith("-"):
+        raise PruningError("give the data folder and fairseq-train options after --")
+    for arg in args.train_args:
+        if arg.startswith(RESERVED):
+            raise PruningError(f"{arg} is set by the driver for every level; leave it out")
+    if args.method != "lt" and args.rewind_k <= 0:
+        raise PruningError(f"--method {args.method} needs --rewind-k > 0 (about 5 % of a run's updates)")
+    if args.combine != "none":
+        if args.intermediate is None:
+            raise PruningError(f"--combine {args.combine} needs --intermediate")
+        if args.method != "slt":
+            raise PruningError(f"--combine {args.combine} combines MP with --method slt")
+        check_schedule(args.intermediate, levels[-1], args.mp_start, args.mp_end, args.mp_frequency)
+        if args.intermediate >= levels[-1]:
+            raise PruningError(f"--intermediate {args.intermediate} must be below the last level {levels[-1]}")
+    if args.dense_dir:
+        for update in sorted({0, args.rewind_k}):
+            for path in (os.path.join(args.dense_dir, "checkpoint_best.pt"), rewind_point_path(args.dense_dir, update)):
+                if not os.path.isfile(path):
+                    raise PruningError(f"--dense-dir lacks {path}")
+
+
+class Driver:
+    def __init__(self, args, stages):
+        self.args, self.stages = args, stages
+        self.summary_path = os.path.join(args.work_dir, "summary.json")
+        self.rows = {}
+        if os.path.isfile(self.summary_path):
+            with open(self.summary_path) as handle:
+                self.rows = {row["name"]: row for row in json.load(handle).get("stages", [])}
+
+    def dir(self, name: str) -> str:
+        if name == "dense" and self.args.dense_dir:
+            return self.args.dense_dir
+        return os.path.join(self.args.work_dir, name)
+
+    def command(self, stage: Stage):
+        args = [sys.executable, "-m", "fairseq_cli.train", *self.args.train_args]
+        for option, value in (("--user-dir", USER_DIR), *PLUGIN_ARGS):
+            if option not in args:
+                args += [option, value]
+        args += ["--save-dir", self.dir(stage.name), "--prune-method", stage.method, *stage.options]
+        if stage.mask_from:
+            args += ["--prune-mask-from", os.path.join(self.dir(stage.mask_from), "checkpoint_best.pt")]
+        if stage.rewind_from:
+            args += ["--prune-rewind-from", rewind_point_path(self.dir(stage.rewind_from), stage.rewind_point)]
+        return args
+
+    def run(self) -> int:
+        todo = [s for s in self.stages if not self.finished(s)]
+        print(f"fairseq-slt iterate: {len(self.stages)} stages, {len(self.stages) - len(todo)} finished", flush=True)
+        durations = []
+        for index, stage in enumerate(self.stages, 1):
+            label = f"[{index}/{len(self.stages)}] {stage.name}"
+            if self.finished(stage):
+                print(f"{label}: finished, skipped", flush=True)
+                continue
+            command = self.command(stage)
+            if self.args.dry_run:
+                print(f"{label}: {' '.join(command)}")
+                continue
+            remaining = sum(1 for s in self.stages[index:] if not self.finished(s))
+            eta = f", ETA {_minutes(sum(durations) / len(durations) * (remaining + 1))}" if durations else ""
+            print(f"{label}: training ({stage.method}, sparsity {stage.sparsity:g}){eta}", flush=True)
+            started = time.time()
+            self.train(stage, command)
+            durations.append(time.time() - started)
+            row = self.record(stage, durations[-1])
+            print(f"{label}: done in {_minutes(durations[-1])}, sparsity {row['sparsity']:.4f}, "
+                  f"best valid loss {row['best_valid_loss']}", flush=True)
+        if not self.args.dry_run:
+            print(f"summary: {self.summary_path}")
+        return 0
+
+    def finished(self, stage: Stage) -> bool:
+        return os.path.isfile(os.path.join(self.dir(stage.name), ".done"))
+
+    def train(self, stage: Stage, command) -> None:
+        folder = self.dir(stage.name)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "train.log"), "a") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        if code != 0:
+            raise PruningError(f"stage {stage.name} failed (exit {code}); see {os.path.join(folder, 'train.log')}")
+        if not os.path.isfile(os.path.join(folder, "checkpoint_best.pt")):
+            raise PruningError(f"stage {stage.name} wrote no checkpoint_best.pt; see its train.log")
+
+    def record(self, stage: Stage, seconds: float) -> dict:
+        folder = self.dir(stage.name)
+        best = Checkpoint(os.path.join(folder, "checkpoint_best.pt"))
+        mask = best.mask()
+        previous = self.stages[self.stages.index(stage) - 1] if self.stages.index(stage) > 0 else None
+        if mask is not None and previous is not None and previous.method != "none":
+            before = Checkpoint(os.path.join(self.dir(previous.name), "checkpoint_best.pt")).mask()
+            if before is not None and not mask.within(before):
+                raise PruningError(f"stage {stage.name}: its mask unprunes weights of {previous.name}'s mask")
+        row = {"name": stage.name, "method": stage.method, "target_sparsity": stage.sparsity,
+               "sparsity": mask.sparsity() if mask is not None else 0.0,
+               "best_valid_loss": best.state.get("extra_state", {}).get("best"),
+               "valid_bleu": self.bleu(best.path) if self.args.bleu else None,
+               "checkpoint": best.path, "mask": os.path.join(folder, "mask.pt") if mask is not None else None,
+               "seconds": round(seconds, 1)}
+        self.rows[stage.name] = row
+        atomic_write_json({"method": self.args.method, "rewind_source": self.args.rewind_source,
+                           "combine": self.args.combine, "stages": [self.rows[s.name] for s in self.stages
+                                                                     if s.name in self.rows]}, self.summary_path)
+        open(os.path.join(folder, ".done"), "w").close()
+        return row
+
+    def bleu(self, checkpoint: str):
+        command = [sys.executable, "-m", "fairseq_cli.generate", self.args.train_args[0], "--path", checkpoint,
+                   "--user-dir", USER_DIR, "--task",
+                   "translation_slt", "--gen-subset", "valid", "--scoring", "sacrebleu", "--quiet",
+                   *self.args.generate_args.split()]
+        if "--cpu" in self.args.train_args:
+            command.append("--cpu")
+        output = subprocess.run(command, capture_output=True, text=True).stdout
+        scores = [line.split("BLEU = ")[1].split()[0] for line in output.splitlines() if "BLEU = " in line]
+        return float(scores[-1]) if scores else None
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def main(args):
+    try:
+        levels = parse_levels(args.levels)
+        validate(args, levels)
+        stages = plan_stages(args, levels)
+        os.makedirs(args.work_dir, exist_ok=True)
+        return Driver(args, stages).run()
+    except PruningError as err:
+        sys.exit(f"fairseq-slt iterate: error: {err}")
