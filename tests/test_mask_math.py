@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fairseq_slt.pruning import Mask, PruningError, magnitude_mask, prunable_parameters, pruned_count, random_mask
-from fairseq_slt.pruning.select import magnitude_bits, smallest_k
+from fairseq_slt.pruning.select import keep_all_but_smallest, magnitude_bits
 
 
 def t(*rows):
@@ -63,9 +63,13 @@ def test_matches_sorting_reference_on_random_weights_with_ties():
     for trial in range(20):
         w = torch.randint(-6, 7, (50,)).float() / 4  # many ties, zeros and signs
         k = int(torch.randint(0, 51, ()))
-        (chosen,) = smallest_k([magnitude_bits(w.abs())], k)
+        (keep,) = keep_all_but_smallest([magnitude_bits(w.abs())], k)
         order = sorted(range(50), key=lambda i: (abs(float(w[i])), i))
-        assert set(torch.nonzero(chosen).view(-1).tolist()) == set(order[:k])
+        assert set(torch.nonzero(~keep).view(-1).tolist()) == set(order[:k])
+        # over several tensors: one order, tensor by tensor, then by position
+        parts = [w[:20].abs(), w[20:].abs()]
+        keeps = keep_all_but_smallest([magnitude_bits(p) for p in parts], k)
+        assert set(torch.nonzero(~torch.cat(keeps)).view(-1).tolist()) == set(order[:k])
 
 
 def test_bad_sparsity_and_scope():

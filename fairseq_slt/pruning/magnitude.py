@@ -10,7 +10,7 @@ import torch
 
 from .io import PruningError
 from .mask import Mask
-from .select import magnitude_bits, smallest_k
+from .select import keep_all_but_smallest, magnitude_bits
 
 SCOPES = ("layer", "global")
 _NEVER = float("inf")  # score of an already pruned weight: never chosen again, never unpruned
@@ -38,24 +38,9 @@ def _already_pruned(previous_mask: Optional[Mask], name: str) -> int:
     return int((~previous_mask[name]).sum()) if previous_mask is not None else 0
 
 
-def _combine(shape, chosen: torch.Tensor, previous_mask: Optional[Mask], name: str) -> torch.Tensor:
-    keep = ~chosen.view(shape).cpu()
+def _combine(shape, keep: torch.Tensor, previous_mask: Optional[Mask], name: str) -> torch.Tensor:
+    keep = keep.view(shape).cpu()
     return keep & previous_mask[name] if previous_mask is not None else keep
-
-
-def masks_from_scores(
-    scores: Mapping[str, torch.Tensor],
-    counts: Dict[str, int],
-    previous_mask: Optional[Mask] = None,
-) -> Mask:
-    """Per tensor, prune the ``counts[name]`` lowest scores (previous mask respected)."""
-    tensors = {}
-    for name, score in scores.items():
-        extra = max(counts[name] - _already_pruned(previous_mask, name), 0)
-        prev = previous_mask[name] if previous_mask is not None else None
-        chosen = smallest_k([_scores(score, prev)], extra)[0]
-        tensors[name] = _combine(score.shape, chosen, previous_mask, name)
-    return Mask(tensors)
 
 
 class _LazyBits:
@@ -74,6 +59,21 @@ class _LazyBits:
         return _scores(self.transform(weight), prev)
 
 
+def masks_from_scores(
+    scores: Mapping[str, torch.Tensor],
+    counts: Dict[str, int],
+    previous_mask: Optional[Mask] = None,
+    transform: Callable = lambda score: score,
+) -> Mask:
+    """Per tensor, prune the ``counts[name]`` lowest ``transform(score)`` (previous mask respected)."""
+    tensors = {}
+    for name, score in scores.items():
+        extra = max(counts[name] - _already_pruned(previous_mask, name), 0)
+        keep = keep_all_but_smallest(_LazyBits({name: score}, previous_mask, transform), extra)[0]
+        tensors[name] = _combine(score.shape, keep, previous_mask, name)
+    return Mask(tensors)
+
+
 def magnitude_mask(
     weights: Mapping[str, torch.Tensor],
     sparsity: float,
@@ -90,13 +90,13 @@ def magnitude_mask(
             raise PruningError("previous mask and weights name different parameters")
     if scope == "layer":
         counts = {name: pruned_count(sparsity, w.numel()) for name, w in weights.items()}
-        return masks_from_scores({n: w.detach().abs() for n, w in weights.items()}, counts, previous_mask)
+        return masks_from_scores(weights, counts, previous_mask, transform=lambda w: w.detach().abs())
     total = sum(w.numel() for w in weights.values())
     already = sum(_already_pruned(previous_mask, n) for n in weights)
     extra = max(pruned_count(sparsity, total) - already, 0)
     lazy = _LazyBits(weights, previous_mask, lambda w: w.detach().abs())
-    chosen = smallest_k(lazy, extra)
-    return Mask({n: _combine(w.shape, c, previous_mask, n) for (n, w), c in zip(weights.items(), chosen)})
+    keeps = keep_all_but_smallest(lazy, extra)
+    return Mask({n: _combine(w.shape, keep, previous_mask, n) for (n, w), keep in zip(weights.items(), keeps)})
 
 
 def random_mask(

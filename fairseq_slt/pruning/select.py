@@ -1,17 +1,25 @@
 """Exact k-smallest selection over many tensors, by radix select on float bit patterns.
 
-For non-negative float32 values the int32 bit pattern is monotonic in the value, so the
-k-th smallest value is found with one 2^15-bin histogram of the high 16 bits plus a sort of
-the few values in the winning bin.  That is O(n), needs no copy of all tensors at once, and
-is several times faster than ``torch.topk``/``torch.kthvalue`` on CPU.
+For non-negative float32 values the int32 bit pattern is monotonic in the value, so the k-th
+smallest value is found with one 2^15-bin histogram of the high 16 bits plus a sort of the few
+values in the winning bin.  That is O(n), needs no copy of all tensors at once, and is several
+times faster than ``torch.topk``/``torch.kthvalue`` on CPU.
 
 Ties at the threshold are broken by position: lower tensor index first, then lower flat index.
 """
+import sys
 from typing import List, Sequence
 
 import torch
 
-_HIGH_BINS = 1 << 15  # sign bit is always 0 for the scores used here
+_HIGH_BINS = 1 << 15  # the sign bit is 0 for the non-negative scores used here
+
+
+def _high_half(bits: torch.Tensor) -> torch.Tensor:
+    """The high 16 bits of each int32, as a free strided int16 view where the byte order allows."""
+    if sys.byteorder == "little":
+        return bits.view(torch.int16)[1::2]
+    return bits >> 16
 
 
 def magnitude_bits(scores: torch.Tensor) -> torch.Tensor:
@@ -22,33 +30,48 @@ def magnitude_bits(scores: torch.Tensor) -> torch.Tensor:
     return flat.contiguous().view(torch.int32)
 
 
-def _threshold(bit_views: Sequence[torch.Tensor], k: int) -> int:
-    """Bit pattern of the k-th smallest value (1-based) over all tensors."""
-    counts = torch.zeros(_HIGH_BINS, dtype=torch.int64)
-    for bits in bit_views:
-        counts += torch.bincount(bits >> 16, minlength=_HIGH_BINS)
-    cumulative = torch.cumsum(counts, 0)
-    high = int(torch.searchsorted(cumulative, torch.tensor([k]), right=False)[0])
-    below = int(cumulative[high] - counts[high])
-    low_values = torch.cat([bits[(bits >> 16) == high] & 0xFFFF for bits in bit_views])
-    low = int(torch.sort(low_values).values[k - below - 1])
-    return (high << 16) | low
+def keep_all_but_smallest(bit_views: Sequence[torch.Tensor], k: int) -> List[torch.Tensor]:
+    """Boolean masks (one per tensor, flat): False exactly at the k smallest values overall.
 
-
-def smallest_k(bit_views: Sequence[torch.Tensor], k: int) -> List[torch.Tensor]:
-    """Boolean selections (one per tensor, flat) marking exactly the k smallest values overall."""
-    total = sum(b.numel() for b in bit_views)
-    if not 0 <= k <= total:
-        raise ValueError(f"cannot select {k} of {total} values")
+    ``bit_views`` may compute its items on access (each is read three times at most, one at a time).
+    """
+    single = len(bit_views) == 1
+    first = bit_views[0] if single else None
+    high_parts = [_high_half(first)] if single else None  # reused when there is one tensor only
+    sizes, counts = [], torch.zeros(_HIGH_BINS, dtype=torch.int64)
+    for i in range(len(bit_views)):
+        high = high_parts[0] if single else _high_half(bit_views[i])
+        sizes.append(high.numel())
+        counts += torch.bincount(high, minlength=_HIGH_BINS)
+    if not 0 <= k <= sum(sizes):
+        raise ValueError(f"cannot select {k} of {sum(sizes)} values")
     if k == 0:
-        return [torch.zeros_like(b, dtype=torch.bool) for b in bit_views]
-    threshold = _threshold(bit_views, k)
-    selections = [bits < threshold for bits in bit_views]
-    missing = k - sum(int(s.sum()) for s in selections)
-    for bits, chosen in zip(bit_views, selections):  # ties, in positional order
-        if missing == 0:
-            break
-        tied = torch.nonzero(bits == threshold).view(-1)[:missing]
-        chosen[tied] = True
-        missing -= tied.numel()
-    return selections
+        return [torch.ones(size, dtype=torch.bool) for size in sizes]
+
+    cumulative = torch.cumsum(counts, 0)
+    winner = int(torch.searchsorted(cumulative, torch.tensor([k]))[0])  # bin holding the k-th smallest
+    below = int(cumulative[winner] - counts[winner])
+    # the few values in the winning bin: (tensor, flat index, low 16 bits), in positional order
+    owners, positions, lows = [], [], []
+    for i in range(len(bit_views)):
+        bits = first if single else bit_views[i]
+        high = high_parts[0] if single else _high_half(bits)
+        index = torch.nonzero(high == winner).view(-1)
+        owners.append(torch.full_like(index, i))
+        positions.append(index)
+        lows.append(bits[index] & 0xFFFF)
+    owners, positions, lows = torch.cat(owners), torch.cat(positions), torch.cat(lows)
+    order = torch.sort(lows, stable=True).indices  # stable: ties stay in positional order
+    threshold_low = int(lows[order[k - below - 1]])
+    threshold = (winner << 16) | threshold_low
+    # below the threshold goes; of the values equal to it, the first ones by position
+    tied = order[lows[order] == threshold_low]
+    tied_to_prune = tied[: k - below - int((lows < threshold_low).sum())]
+
+    keeps = []
+    for i in range(len(bit_views)):
+        bits = first if single else bit_views[i]
+        keep = bits >= threshold
+        keep[positions[tied_to_prune[owners[tied_to_prune] == i]]] = False
+        keeps.append(keep)
+    return keeps
