@@ -1,0 +1,127 @@
+"""``fairseq-slt iterate``: levels, rewinding, resume after a kill, SLT-MP and MP-SLT."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import torch
+
+from conftest import BIN, TINY_MODEL, TRAINING, env, load, run_tool
+from fairseq_slt.pruning import Mask, pruned_count
+
+EMBED = "encoder.embed_tokens.weight"
+
+
+def driver_args(work, *options, data, max_update=12):
+    return ["iterate", "--work-dir", work, *options, "--", data, *TINY_MODEL, *TRAINING,
+            "--max-update", str(max_update)]
+
+
+def start_weights_equal(run_dir, rewind_path, mask):
+    start = load(os.path.join(run_dir, "checkpoint_rewind_0.pt"))["model"]
+    theta = load(rewind_path)["model"]
+    for name in mask:
+        assert torch.equal(start[name], theta[name] * mask[name]), name
+    return True
+
+
+def test_two_levels_rewind_to_the_previous_level_and_resume_after_a_kill(data_bin, tmp_path):
+    work = str(tmp_path / "iterate")
+    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin) + ["--save-interval-updates", "2"]
+    process = subprocess.Popen([os.path.join(BIN, "fairseq-slt"), *args], env=env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    target = os.path.join(work, "slt_0.8", "checkpoint_last.pt")
+    deadline = time.time() + 300
+    while not os.path.exists(target) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its fairseq-train, mid-level
+    first_output = process.communicate()[0]
+    assert "[2/3] slt_0.5: done" in first_output and "[3/3] slt_0.8: done" not in first_output
+    assert not os.path.exists(os.path.join(work, "slt_0.8", ".done"))
+
+    result = run_tool("fairseq-slt", *args)
+    assert "[1/3] dense: finished, skipped" in result.stdout
+    assert "[2/3] slt_0.5: finished, skipped" in result.stdout
+    assert "[3/3] slt_0.8: done" in result.stdout
+    log = open(os.path.join(work, "slt_0.8", "train.log")).read()
+    resumed_at = [int(n) for n in re.findall(r"Loaded checkpoint .*\(epoch \d+ @ (\d+) updates\)", log)]
+    assert resumed_at and resumed_at[-1] > 0  # the interrupted level went on from its checkpoint
+
+    summary = json.load(open(os.path.join(work, "summary.json")))
+    assert [s["name"] for s in summary["stages"]] == ["dense", "slt_0.5", "slt_0.8"]
+    assert [round(s["sparsity"], 3) for s in summary["stages"]] == [0.0, 0.5, 0.8]
+    assert all(s["best_valid_loss"] > 0 and os.path.isfile(s["checkpoint"]) for s in summary["stages"])
+
+    m5, m8 = (Mask.load(os.path.join(work, f"slt_{s}", "mask.pt")) for s in ("0.5", "0.8"))
+    assert m8.within(m5) and all(int((~k).sum()) == pruned_count(0.8, k.numel()) for k in m8.values())
+    # level 2's weights: level 1's own theta_4 (the paper), masked
+    assert start_weights_equal(os.path.join(work, "slt_0.8"), os.path.join(work, "slt_0.5", "checkpoint_rewind_4.pt"), m8)
+    assert start_weights_equal(os.path.join(work, "slt_0.5"), os.path.join(work, "dense", "checkpoint_rewind_4.pt"), m5)
+
+
+def test_rewind_to_the_dense_run_and_lt(data_bin, dense_run, tmp_path):
+    work = str(tmp_path / "frankle")
+    run_tool("fairseq-slt", *driver_args(work, "--levels", "0.3,0.6", "--rewind-k", "4", "--rewind-source", "dense",
+                                        "--dense-dir", dense_run["dir"], data=data_bin, max_update=4))
+    m6 = Mask.load(os.path.join(work, "slt_0.6", "mask.pt"))
+    assert m6.within(Mask.load(os.path.join(work, "slt_0.3", "mask.pt")))
+    assert start_weights_equal(os.path.join(work, "slt_0.6"), dense_run["rewind4"], m6)
+    assert not os.path.exists(os.path.join(work, "dense"))  # the given dense run was used
+    work = str(tmp_path / "lt")
+    run_tool("fairseq-slt", *driver_args(work, "--levels", "0.4", "--method", "lt", "--dense-dir", dense_run["dir"],
+                                        data=data_bin, max_update=4))
+    assert start_weights_equal(os.path.join(work, "lt_0.4"), dense_run["rewind0"],
+                               Mask.load(os.path.join(work, "lt_0.4", "mask.pt")))
+
+
+def test_slt_mp_and_mp_slt_end_to_end(data_bin, dense_run, tmp_path):
+    work = str(tmp_path / "slt_mp")
+    result = run_tool("fairseq-slt", *driver_args(
+        work, "--levels", "0.5,0.9", "--combine", "slt-mp", "--intermediate", "0.5", "--mp-end", "6",
+        "--mp-frequency", "2", "--rewind-k", "4", "--dense-dir", dense_run["dir"], data=data_bin, max_update=8))
+    assert "[2/2] mp_0.9: done" in result.stdout
+    slt, mp = (Mask.load(os.path.join(work, name, "mask.pt")) for name in ("slt_0.5", "mp_0.9"))
+    assert mp.within(slt) and all(int((~k).sum()) == pruned_count(0.9, k.numel()) for k in mp.values())
+    start = load(os.path.join(work, "mp_0.9", "checkpoint_rewind_0.pt"))["extra_state"]["TranslationSLTTask"]
+    assert Mask.from_state_dict(start["mask"]).sparsity() == slt.sparsity()  # s_0 = s_i, from theta_k * m
+    assert start_weights_equal(os.path.join(work, "mp_0.9"), os.path.join(work, "slt_0.5", "checkpoint_rewind_4.pt"), slt)
+
+    work = str(tmp_path / "mp_slt")
+    result = run_tool("fairseq-slt", *driver_args(
+        work, "--levels", "0.5,0.9", "--combine", "mp-slt", "--intermediate", "0.5", "--mp-end", "6",
+        "--mp-frequency", "2", "--rewind-k", "4", data=data_bin, max_update=8))
+    assert "[1/2] mp_0.5: done" in result.stdout and "[2/2] slt_0.9: done" in result.stdout
+    mp, slt = (Mask.load(os.path.join(work, name, "mask.pt")) for name in ("mp_0.5", "slt_0.9"))
+    assert all(int((~k).sum()) == pruned_count(0.5, k.numel()) for k in mp.values())
+    assert slt.within(mp) and all(int((~k).sum()) == pruned_count(0.9, k.numel()) for k in slt.values())
+    assert start_weights_equal(os.path.join(work, "slt_0.9"), os.path.join(work, "mp_0.5", "checkpoint_rewind_4.pt"), slt)
+    summary = json.load(open(os.path.join(work, "summary.json")))
+    assert [s["name"] for s in summary["stages"]] == ["mp_0.5", "slt_0.9"]
+
+
+def test_driver_bad_inputs_fail_before_training(data_bin, tmp_path):
+    work = str(tmp_path / "bad")
+    cases = {
+        ("--levels", "0.5,0.3", "--rewind-k", "4"): "--levels must be strictly increasing",
+        ("--levels", "0.5,1.0", "--rewind-k", "4"): r"--levels must be sparsities in \(0, 1\)",
+        ("--levels", "0.5",): "--method slt needs --rewind-k > 0",
+        ("--levels", "0.5,0.9", "--rewind-k", "4", "--combine", "slt-mp", "--intermediate", "0.5", "--mp-end", "0"):
+            "--prune-end .* must be greater",
+        ("--levels", "0.5,0.9", "--rewind-k", "4", "--combine", "slt-mp", "--intermediate", "0.5", "--mp-end", "6",
+         "--mp-frequency", "0"): "--prune-frequency must be a positive",
+        ("--levels", "0.5", "--rewind-k", "4", "--combine", "slt-mp", "--intermediate", "0.7", "--mp-end", "6"):
+            "--prune-initial-sparsity 0.7 is above the final",
+        ("--levels", "0.5", "--rewind-k", "4", "--dense-dir", "/nonexistent"): "--dense-dir lacks",
+    }
+    for options, message in cases.items():
+        result = run_tool("fairseq-slt", *driver_args(work, *options, data=data_bin), check=False)
+        assert result.returncode != 0, options
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fairseq-slt iterate: error: "), (options, lines)
+        assert re.search(message, lines[0]), (options, lines[0])
+        assert not os.path.exists(work)
+    result = run_tool("fairseq-slt", "iterate", "--work-dir", work, "--levels", "0.5", "--rewind-k", "4", "--",
+                      data_bin, "--save-dir", "x", check=False)
+    assert "--save-dir is set by the driver" in result.stderr

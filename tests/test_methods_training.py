@@ -1,0 +1,135 @@
+"""MP, CLT and the controls, through fairseq-train on a slice of Multi30k."""
+import math
+import os
+
+import torch
+
+from conftest import load, train
+from fairseq_slt.checkpoints import TASK_KEY
+from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
+from fairseq_slt.pruning.schedule import cubic_sparsity
+
+MP = ["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2", "--prune-end", "10",
+      "--prune-frequency", "2"]
+
+
+def mask_at(save, update):
+    state = load(os.path.join(save, f"checkpoint_rewind_{update}.pt"))
+    return Mask.from_state_dict(state["extra_state"][TASK_KEY]["mask"]), state["model"]
+
+
+def assert_layers_at(mask, sparsity):
+    for name, keep in mask.items():
+        assert int((~keep).sum()) == pruned_count(sparsity, keep.numel()), (name, sparsity)
+
+
+def test_mp_follows_the_cubic_schedule_and_holds_the_final_sparsity(data_bin, tmp_path):
+    save = str(tmp_path / "mp")
+    train(data_bin, save, *MP, "--save-rewind-points", "1,4,5,8,10,16", max_update=16)
+    assert Mask.from_state_dict(load(os.path.join(save, "checkpoint_rewind_1.pt"))["extra_state"][TASK_KEY]["mask"]
+                                ).sparsity() == 0.0
+    previous = None
+    for update, expected in ((4, cubic_sparsity(4, 0, 0.8, 2, 10)), (5, cubic_sparsity(4, 0, 0.8, 2, 10)),
+                             (8, cubic_sparsity(8, 0, 0.8, 2, 10)), (10, 0.8), (16, 0.8)):
+        mask, model = mask_at(save, update)
+        assert_layers_at(mask, expected)
+        assert all(float(model[n][~k].abs().max()) == 0.0 for n, k in mask.items() if (~k).any())
+        if previous is not None:
+            assert mask.within(previous)
+        previous = mask
+    assert 0.45 < cubic_sparsity(4, 0, 0.8, 2, 10) < 0.47  # 0.4625: the step at t=4 is a real one
+    final = Mask.load(os.path.join(save, "mask.pt"))
+    assert all(torch.equal(final[n], previous[n]) for n in final)  # unchanged from t_end to the end
+
+
+def test_resumed_mp_run_continues_the_schedule(data_bin, tmp_path):
+    save = str(tmp_path / "mp_resume")
+    train(data_bin, save, *MP, "--save-rewind-points", "6", max_update=6)  # stops mid-schedule
+    at6 = Mask.from_state_dict(load(os.path.join(save, "checkpoint_last.pt"))["extra_state"][TASK_KEY]["mask"])
+    assert_layers_at(at6, cubic_sparsity(6, 0, 0.8, 2, 10))
+    result = train(data_bin, save, *MP, "--save-rewind-points", "6,7,8,12", max_update=12)
+    assert "Loaded checkpoint" in result.stdout and "num_updates 12" in result.stdout
+    at7, _ = mask_at(save, 7)
+    assert all(torch.equal(at6[n], at7[n]) for n in at6)  # no pruning jump on resume (7 is no pruning step)
+    at8, _ = mask_at(save, 8)
+    assert_layers_at(at8, cubic_sparsity(8, 0, 0.8, 2, 10))
+    assert at8.within(at6)
+    at12, model = mask_at(save, 12)
+    assert_layers_at(at12, 0.8)
+    assert all(float(model[n][~k].abs().max()) == 0.0 for n, k in at12.items())
+
+
+def test_mp_from_a_mask_and_weights_starts_at_least_at_that_sparsity(data_bin, slt_run, tmp_path):
+    save = str(tmp_path / "mp_from_slt")
+    source = slt_run["best"]  # mask at 0.8, so s_0 = 0.8 even though --prune-initial-sparsity is 0
+    rewind = os.path.join(slt_run["dir"], "checkpoint_rewind_4.pt")
+    train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.9", "--prune-start", "0",
+          "--prune-end", "6", "--prune-frequency", "2", "--prune-mask-from", source, "--prune-rewind-from", rewind,
+          "--save-rewind-points", "0,8", max_update=8)
+    start, start_model = mask_at(save, 0)
+    slt_mask = Mask.load(os.path.join(slt_run["dir"], "mask.pt"))
+    assert all(torch.equal(start[n], slt_mask[n]) for n in start)
+    theta = load(rewind)["model"]
+    assert all(torch.equal(start_model[n], theta[n]) for n in start_model)  # theta_k of SLT is already masked
+    final, _ = mask_at(save, 8)
+    assert final.within(slt_mask)
+    assert_layers_at(final, 0.9)
+
+
+def test_clt_and_its_random_sign_control(data_bin, dense_run, tmp_path):
+    common = ["--prune-sparsity", "0.8", "--prune-mask-from", dense_run["best"], "--prune-rewind-from",
+              dense_run["rewind4"], "--save-rewind-points", "0"]
+    theta = load(dense_run["rewind4"])["model"]
+    starts = {}
+    for label, extra in (("clt", []), ("signs", ["--prune-clt-random-signs", "--prune-seed", "5"]),
+                         ("signs_again", ["--prune-clt-random-signs", "--prune-seed", "5"])):
+        save = str(tmp_path / label)
+        train(data_bin, save, "--prune-method", "clt", *common, *extra, max_update=1)
+        starts[label] = (load(os.path.join(save, "checkpoint_rewind_0.pt"))["model"],
+                         Mask.load(os.path.join(save, "mask.pt")))
+    model, mask = starts["clt"]
+    for name, keep in mask.items():
+        value = math.sqrt(6 / (keep.shape[0] + keep.shape[1]))
+        assert torch.allclose(model[name][keep].abs(), torch.full_like(model[name][keep], value)), name
+        assert float(model[name][~keep].abs().max()) == 0.0
+        signs_match = torch.sign(model[name][keep]) == torch.where(theta[name][keep] < 0, -1.0, 1.0)
+        assert bool(signs_match.all()), name
+    assert torch.equal(model["encoder.layers.0.fc1.bias"], theta["encoder.layers.0.fc1.bias"])
+    random_model, _ = starts["signs"]
+    name = "encoder.layers.0.fc1.weight"
+    keep = mask[name]
+    agreement = float((torch.sign(random_model[name][keep]) == torch.sign(model[name][keep])).float().mean())
+    assert 0.3 < agreement < 0.7
+    assert all(torch.equal(random_model[n], starts["signs_again"][0][n]) for n in random_model)
+
+
+def test_random_mask_and_reinit_controls_are_seeded(data_bin, dense_run, tmp_path):
+    common = ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from", dense_run["best"],
+              "--prune-rewind-from", dense_run["rewind4"], "--save-rewind-points", "0"]
+    runs = {}
+    for label, extra in (("random", ["--prune-random-mask", "--prune-seed", "3"]),
+                         ("random_again", ["--prune-random-mask", "--prune-seed", "3"]),
+                         ("reinit", ["--prune-reinit", "--prune-seed", "3"]),
+                         ("reinit_other", ["--prune-reinit", "--prune-seed", "4"])):
+        save = str(tmp_path / label)
+        train(data_bin, save, *common, *extra, max_update=1)
+        runs[label] = (Mask.load(os.path.join(save, "mask.pt")),
+                       load(os.path.join(save, "checkpoint_rewind_0.pt"))["model"])
+    dense = load(dense_run["best"])["model"]
+    magnitude = magnitude_mask({n: dense[n] for n in runs["random"][0]}, 0.8)
+    random_mask, random_start = runs["random"]
+    assert random_mask.layer_sparsity() == magnitude.layer_sparsity()
+    overlap = sum(int((random_mask[n] & magnitude[n]).sum()) for n in magnitude) / (magnitude.total() - magnitude.pruned())
+    assert overlap < 0.4  # about 0.2 for a random mask, 1.0 for the magnitude mask
+    assert all(torch.equal(random_mask[n], runs["random_again"][0][n]) for n in random_mask)
+    theta = load(dense_run["rewind4"])["model"]
+    assert torch.equal(random_start["encoder.layers.0.fc1.weight"],
+                       theta["encoder.layers.0.fc1.weight"] * random_mask["encoder.layers.0.fc1.weight"])
+    reinit_mask, reinit_start = runs["reinit"]
+    assert all(torch.equal(reinit_mask[n], magnitude[n]) for n in magnitude)  # the mask is the real one
+    name = "encoder.layers.0.fc1.weight"
+    assert not torch.equal(reinit_start[name], theta[name] * reinit_mask[name])
+    assert not torch.equal(reinit_start[name], runs["reinit_other"][1][name])
+    assert float(reinit_start[name][~reinit_mask[name]].abs().max()) == 0.0
+    bound = math.sqrt(6 / sum(reinit_start[name].shape))  # fairseq inits Linear with xavier_uniform
+    assert float(reinit_start[name].abs().max()) <= bound
