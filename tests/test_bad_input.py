@@ -23,7 +23,7 @@ def _variant(source, path, change):
 
 
 @pytest.fixture(scope="module")
-def bad_files(dense_run, tmp_path_factory):
+def bad_files(dense_run, slt_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     dense = dense_run["best"]
 
@@ -47,6 +47,7 @@ def bad_files(dense_run, tmp_path_factory):
         "evil": _variant(dense, str(folder / "evil.pt"), lambda s: s.update(evil=Evil())),
         "broken_mask": _variant(dense, str(folder / "broken_mask.pt"), broken_mask),
         "garbage": str(garbage),
+        "slt80": slt_run["best"],
     }
 
 
@@ -74,6 +75,16 @@ def cases(dense, bad):
         "lt from theta_k": (["--prune-method", "lt", "--prune-sparsity", "0.5", "--prune-mask-from", dense["best"],
                              "--prune-rewind-from", dense["rewind4"]], "lt rewinds to update 0"),
         "slt from theta_0": (slt(rewind=dense["rewind0"]), "a checkpoint from update 0 is --prune-method lt"),
+        "mp s0 above sT": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-initial-sparsity", "0.7",
+                            "--prune-end", "10"], "--prune-initial-sparsity 0.7 is above the final --prune-sparsity 0.5"),
+        "mp end before start": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-start", "10",
+                                 "--prune-end", "10"], r"--prune-end \(10\) must be greater than --prune-start \(10\)"),
+        "mp frequency 0": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-end", "10",
+                            "--prune-frequency", "0"], "--prune-frequency must be a positive number of updates, got 0"),
+        "mp source sparser": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-end", "10",
+                               "--prune-mask-from", bad["slt80"]], "starting mask's sparsity 0.7999 is above"),
+        "control misuse": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-end", "10",
+                            "--prune-random-mask"], "--prune-random-mask applies to --prune-method lt/slt/clt"),
     }
 
 
