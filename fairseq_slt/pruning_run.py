@@ -11,6 +11,7 @@ import torch
 from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
 from .pruning import (Mask, MaskEnforcer, PruningError, check_sparsity, magnitude_mask, prunable_parameters,
                       random_mask)
+from .master_weights import sync_master_weights
 from .pruning.reinit import constant_weights
 from .pruning.schedule import check_schedule, cubic_sparsity, is_pruning_step
 
@@ -137,7 +138,7 @@ class PruningRun:
                                "a checkpoint from update 0 is --prune-method lt")
 
     # training hooks
-    def start(self, update_num: int) -> None:
+    def start(self, update_num: int, optimizer=None) -> None:
         """Before the first forward pass of this process (after any checkpoint was restored)."""
         if self.started:
             return
@@ -147,6 +148,8 @@ class PruningRun:
             if self.method == "clt":
                 self._set_constant_weights()
             self.enforcer.set_mask(self.pending_mask)
+            if optimizer is not None and sync_master_weights(optimizer):
+                logger.info("copied the rewound weights into the optimizer's fp32 master weights")
             self.write_mask_files()
         self.pending_mask = self.rewind_state = None
         if update_num == 0 and 0 in self.rewind_points:

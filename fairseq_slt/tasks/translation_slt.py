@@ -95,7 +95,7 @@ class TranslationSLTTask(TranslationTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         if self.pruning is not None:
-            self.pruning.start(update_num)
+            self.pruning.start(update_num, optimizer)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def optimizer_step(self, optimizer, model, update_num):
