@@ -70,6 +70,7 @@ class PruningRun:
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
         self.enforcer = MaskEnforcer(self.params)
         self.started, self.resumed, self.epoch = False, False, 1
+        self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
         self.pending_mask: Optional[Mask] = None
         self.rewind_state: Optional[Dict[str, torch.Tensor]] = None
@@ -148,6 +149,7 @@ class PruningRun:
             if self.method == "clt":
                 self._set_constant_weights()
             self.enforcer.set_mask(self.pending_mask)
+            self._stats = None
             if optimizer is not None and sync_master_weights(optimizer):
                 logger.info("copied the rewound weights into the optimizer's fp32 master weights")
             self.write_mask_files()
@@ -164,8 +166,8 @@ class PruningRun:
     def after_step(self, update_num: int) -> None:
         """After the optimizer step of update ``update_num`` (0-based): prune (mp), re-apply the mask,
         save rewind points."""
-        done = update_num + 1
-        cfg = self.cfg
+        done, cfg = update_num + 1, self.cfg
+        self._stats = None
         if self.method == "mp" and is_pruning_step(done, cfg.prune_start, cfg.prune_end, cfg.prune_frequency):
             target = cubic_sparsity(done, self.initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end)
             self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
@@ -189,12 +191,14 @@ class PruningRun:
         mask.save(os.path.join(self.cfg.save_dir, MASK_FILE), os.path.join(self.cfg.save_dir, REPORT_FILE))
         self.mask_written = mask
 
-    # statistics for the criterion's log lines
+    # statistics for the criterion's log lines: computed once per update (the weights change only then)
     def stats(self) -> Dict[str, int]:
-        with torch.no_grad():
-            zeros = sum(int((p == 0).sum()) for p in self.params.values())
-        return {"slt_weights": sum(p.numel() for p in self.params.values()), "slt_zeros": zeros,
-                "slt_masked_nonzero": self.enforcer.masked_nonzero(), "slt_reports": 1}
+        if self._stats is None:
+            with torch.no_grad():
+                zeros = sum(int((p == 0).sum()) for p in self.params.values())
+            self._stats = {"slt_weights": sum(p.numel() for p in self.params.values()), "slt_zeros": zeros,
+                           "slt_masked_nonzero": self.enforcer.masked_nonzero(), "slt_reports": 1}
+        return dict(self._stats)
 
     # checkpointed state
     def checkpoint_dict(self) -> dict:
@@ -202,10 +206,17 @@ class PruningRun:
         return {"fingerprint": self.fingerprint(), "mask": self.mask.state_dict() if self.mask is not None else None}
 
     def load_checkpoint_dict(self, state: dict) -> None:
-        if state.get("fingerprint") != self.fingerprint():
-            logger.info("restored checkpoint belongs to another pruning run: starting this run afresh")
+        """A run's own checkpoint_last always resumes; another run's checkpoint (--restore-file) resumes
+        only when it was written with the same pruning options, else this run starts afresh from it."""
+        same = state.get("fingerprint") == self.fingerprint()
+        own = self.cfg.restore_file == "checkpoint_last.pt"
+        if not (same or own):
+            logger.info("the restored checkpoint belongs to another pruning run: starting this run afresh")
             return
+        if not same:
+            logger.warning("pruning options changed since this run's checkpoint; continuing with its mask")
         self.resumed = True
+        self._stats = None
         if state.get("mask") is not None:
             self.enforcer.set_mask(Mask.from_state_dict(state["mask"], source="mask in the restored checkpoint"))
             self.mask_written = None

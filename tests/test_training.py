@@ -97,10 +97,15 @@ def test_update_freq_and_restored_dense_optimizer_keep_masked_weights_zero(data_
     assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}
     # Adam moments of the dense run restored (no --reset-optimizer): they must not revive pruned weights
     save = str(tmp_path / "restored_optimizer")
-    result = train(data_bin, save, *common, "--restore-file", dense_run["last"], "--reset-dataloader",
-                   "--reset-meters", "--reset-lr-scheduler", max_update=24)
+    # (without --reset-dataloader fairseq hands over the dense run's task state: another run's, so this starts afresh)
+    result = train(data_bin, save, *common, "--restore-file", dense_run["last"], "--reset-meters",
+                   "--reset-lr-scheduler", max_update=24)
     assert "Loaded checkpoint" in result.stdout and "num_updates 24" in result.stdout
-    assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), Mask.load(os.path.join(save, "mask.pt")))
+    assert "belongs to another pruning run" in result.stdout
+    mask = Mask.load(os.path.join(save, "mask.pt"))
+    dense = load(dense_run["best"])["model"]
+    assert all(torch.equal(mask[n], magnitude_mask({k: dense[k] for k in mask}, 0.8)[n]) for n in mask)
+    assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), mask)
 
 
 def test_resume_restores_the_mask_from_the_checkpoint(data_bin, dense_run, tmp_path):
@@ -114,7 +119,9 @@ def test_resume_restores_the_mask_from_the_checkpoint(data_bin, dense_run, tmp_p
     shutil.copy(dense_run["rewind0"], mask_source)  # a recomputed mask would now differ
     assert any(not torch.equal(first[n], magnitude_mask({n: load(mask_source)["model"][n] for n in first}, 0.8)[n])
                for n in first)
-    result = train(data_bin, save, *common, max_update=12)
+    moved = str(tmp_path / "moved.pt")  # and the mask source moved: the run's own checkpoint still resumes it
+    shutil.copy(mask_source, moved)
+    result = train(data_bin, save, *[moved if a == mask_source else a for a in common], max_update=12)
     assert "Loaded checkpoint" in result.stdout and "num_updates 12" in result.stdout
     resumed = saved_mask(os.path.join(save, "checkpoint_last.pt"))
     assert all(torch.equal(first[n], resumed[n]) for n in first)

@@ -65,8 +65,10 @@ class MaskEnforcer:
             param = self.parameters[name]
             param.masked_fill_(~keep, 0.0)
 
+    @torch.no_grad()
     def masked_nonzero(self) -> int:
-        return self.mask.masked_nonzero(self.parameters) if self.mask is not None else 0
+        """Pruned positions whose weight is not exactly 0.0 (uses the device-resident masks)."""
+        return sum(int(((self.parameters[n] != 0) & ~keep).sum()) for n, keep in self._device_masks.items())
 
     def remove(self) -> None:
         for handle in self._hooks:

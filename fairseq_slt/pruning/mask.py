@@ -72,10 +72,6 @@ class Mask(Mapping):
         """True when every weight kept here is kept in ``other`` too (masks only shrink)."""
         return set(self) == set(other) and all(bool((m & ~other[n]).sum() == 0) for n, m in self.items())
 
-    def masked_nonzero(self, weights: Mapping) -> int:
-        """Count of pruned positions whose weight is not exactly 0.0 (must stay 0)."""
-        return sum(int(((weights[n].detach() != 0) & ~m.to(weights[n].device)).sum()) for n, m in self.items())
-
     # persistence (bits are packed: 1 bit per weight on disk)
     def state_dict(self) -> dict:
         packed = {}

@@ -43,6 +43,7 @@ class TranslationSLTConfig(TranslationConfig):
     # read from fairseq's other option groups
     max_update: int = II("optimization.max_update")
     save_dir: str = II("checkpoint.save_dir")
+    restore_file: str = II("checkpoint.restore_file")
     distributed_rank: int = II("distributed_training.distributed_rank")
 
 
