@@ -3,5 +3,5 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run="$WORK/dense"
 [ -e "$(done_marker "$run")" ] && { echo "dense: done"; exit 0; }
-slt_train --prune-method none --save-rewind-points "0,$REWIND_K" --save-dir "$run" | tee -a "$WORK/dense.log"
+slt_train --prune-method none --save-rewind-points "0,$REWIND_K" --save-dir "$run" 2>&1 | tee -a "$WORK/dense.log"
 touch "$(done_marker "$run")"

@@ -9,5 +9,5 @@ run="$WORK/${METHOD}_${SPARSITY}"
 slt_train --prune-method "$METHOD" --prune-sparsity "$SPARSITY" \
   --prune-mask-from "$WORK/dense/checkpoint_best.pt" \
   --prune-rewind-from "$WORK/dense/checkpoint_rewind_${point}.pt" \
-  --save-rewind-points "$REWIND_K" --save-dir "$run" | tee -a "$run.log"
+  --save-rewind-points "$REWIND_K" --save-dir "$run" 2>&1 | tee -a "$run.log"
 touch "$(done_marker "$run")"

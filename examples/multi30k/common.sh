@@ -18,11 +18,12 @@ ROOT="$(cd "$RECIPE_DIR/../.." && pwd)"
 : "${TRAIN_ARGS:=--optimizer adam --adam-betas (0.9,0.98) --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 200 --weight-decay 0.0001 --label-smoothing 0.1 --max-tokens 4096 --cpu --num-workers 0 --no-epoch-checkpoints --no-progress-bar --log-interval 50 --log-format simple --seed 1}"
 
 DATA="$WORK/data/data-bin"
+mkdir -p "$WORK"
 if [ -z "${SLT_NO_SETUP:-}" ]; then  # set SLT_NO_SETUP=1 to use the fairseq already on PATH
   VENV="$("$ROOT/scripts/setup_env.sh")"
   export PATH="$VENV/bin:$PATH"
 fi
-export OMP_NUM_THREADS="$THREADS"
+export OMP_NUM_THREADS="$THREADS" PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 
 # fairseq-train with the plugin; the caller adds the run's own options
 slt_train() {
