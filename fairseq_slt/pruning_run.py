@@ -74,6 +74,7 @@ class PruningRun:
         self.mask_written: Optional[Mask] = None
         self.pending_mask: Optional[Mask] = None
         self.rewind_state: Optional[Dict[str, torch.Tensor]] = None
+        self.start_sparsity = 0.0  # mp without source checkpoints: s_0 applied to the starting weights
         if self.method in FROM_CHECKPOINT or self.method == "mp":
             self._prepare(fresh_init)
 
@@ -119,6 +120,10 @@ class PruningRun:
                 raise PruningError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
                                    f"{cfg.prune_sparsity}")
             self.initial_sparsity = sparsity
+        if source is None and rewind is None:  # mp from the run's own weights, known only at start()
+            self.pending_mask = Mask.ones_like(self.params)
+            self.start_sparsity = sparsity
+            return
         start_weights = rewind.model if rewind is not None else model_state
         scored = source.model if source is not None else start_weights
         weights = {name: scored[name] for name in self.params}
@@ -144,8 +149,11 @@ class PruningRun:
         if self.started:
             return
         self.started = True
+        if not self.resumed and self.start_sparsity:  # mp with s_0 > 0 from the weights it starts with
+            self.pending_mask = magnitude_mask(self.params, self.start_sparsity, None, self.cfg.prune_scope)
         if not self.resumed and self.pending_mask is not None:
-            torch.nn.Module.load_state_dict(self.model, self.rewind_state, strict=True)
+            if self.rewind_state is not None:
+                torch.nn.Module.load_state_dict(self.model, self.rewind_state, strict=True)
             if self.method == "clt":
                 self._set_constant_weights()
             self.enforcer.set_mask(self.pending_mask)

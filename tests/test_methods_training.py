@@ -133,3 +133,19 @@ def test_random_mask_and_reinit_controls_are_seeded(data_bin, dense_run, tmp_pat
     assert float(reinit_start[name][~reinit_mask[name]].abs().max()) == 0.0
     bound = math.sqrt(6 / sum(reinit_start[name].shape))  # fairseq inits Linear with xavier_uniform
     assert float(reinit_start[name].abs().max()) <= bound
+
+
+def test_mp_initial_sparsity_prunes_the_weights_the_run_starts_with(data_bin, dense_run, tmp_path):
+    save = str(tmp_path / "mp_restored")
+    train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-initial-sparsity", "0.5",
+          "--prune-start", "0", "--prune-end", "4", "--prune-frequency", "2", "--restore-file", dense_run["last"],
+          "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+          "--save-rewind-points", "0,4", max_update=4)
+    start, start_model = mask_at(save, 0)
+    dense = load(dense_run["last"])["model"]
+    expected = magnitude_mask({n: dense[n] for n in start}, 0.5)
+    assert all(torch.equal(start[n], expected[n]) for n in start)
+    assert all(torch.equal(start_model[n], dense[n] * start[n]) for n in start)
+    final, _ = mask_at(save, 4)
+    assert final.within(start)
+    assert_layers_at(final, 0.8)
