@@ -110,9 +110,7 @@ class PruningRun:
             self._check_rewind_update(rewind.num_updates)
         previous = source.mask() if source is not None else None
         if previous is not None:
-            previous.check_matches(self.params, "model")
-            if set(previous) != set(self.params):
-                raise PruningError(f"the mask in {source.path} covers other parameters than --prune-params selects")
+            previous.check_matches(self.params, f"weight matrices --prune-params selects ({source.path})", exact=True)
         sparsity = cfg.prune_sparsity
         if self.method == "mp":  # the starting mask: s_0, at least the source mask's sparsity
             sparsity = max(cfg.prune_initial_sparsity, previous.sparsity() if previous is not None else 0.0)

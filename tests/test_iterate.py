@@ -11,7 +11,6 @@ import torch
 from conftest import BIN, TINY_MODEL, TRAINING, env, load, run_tool
 from fairseq_slt.pruning import Mask, pruned_count
 
-EMBED = "encoder.embed_tokens.weight"
 
 
 def driver_args(work, *options, data, max_update=12):

@@ -11,7 +11,7 @@ import sys
 import time
 
 from ..checkpoints import Checkpoint, rewind_point_path
-from ..pruning import Mask, PruningError, atomic_write_json
+from ..pruning import PruningError, atomic_write_json
 from ..pruning.schedule import check_schedule
 from .stages import Stage, plan_stages
 

@@ -52,9 +52,7 @@ class MaskEnforcer:
         return zero_masked_grad
 
     def set_mask(self, mask: Mask) -> None:
-        mask.check_matches(self.parameters)
-        if set(mask) != set(self.parameters):
-            raise PruningError("the mask does not cover exactly the prunable parameters")
+        mask.check_matches(self.parameters, "prunable parameters", exact=True)
         self.mask = mask
         self._device_masks = {n: m.to(self.parameters[n].device) for n, m in mask.items()}
         self.apply()

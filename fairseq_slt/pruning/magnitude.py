@@ -85,9 +85,7 @@ def magnitude_mask(
     if scope not in SCOPES:
         raise PruningError(f"scope must be one of {SCOPES}, got {scope!r}")
     if previous_mask is not None:
-        previous_mask.check_matches(weights, "weights")
-        if set(previous_mask) != set(weights):
-            raise PruningError("previous mask and weights name different parameters")
+        previous_mask.check_matches(weights, "weights", exact=True)
     if scope == "layer":
         counts = {name: pruned_count(sparsity, w.numel()) for name, w in weights.items()}
         return masks_from_scores(weights, counts, previous_mask, transform=lambda w: w.detach().abs())

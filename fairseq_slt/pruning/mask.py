@@ -59,8 +59,11 @@ class Mask(Mapping):
         return {"sparsity": round(self.sparsity(), 6), "pruned": self.pruned(), "total": self.total(), "layers": layers}
 
     # relations
-    def check_matches(self, weights: Mapping, what: str = "model") -> None:
-        """Raise PruningError unless every mask entry names a weight of the same shape."""
+    def check_matches(self, weights: Mapping, what: str = "model", exact: bool = False) -> None:
+        """Raise PruningError unless every mask entry names a weight of the same shape
+        (and, with ``exact``, every weight has an entry)."""
+        if exact and set(self._tensors) != set(weights):
+            raise PruningError(f"the mask covers other parameters than the {what}")
         for name, m in self._tensors.items():
             if name not in weights:
                 raise PruningError(f"mask entry {name} has no parameter in the {what}")
