@@ -16,9 +16,10 @@ TASK_KEY = "TranslationSLTTask"  # fairseq files task state under the task's cla
 class Checkpoint:
     """A loaded fairseq checkpoint (weights-only load), with the accessors the plugin needs."""
 
-    def __init__(self, path: str, what: str = "checkpoint"):
+    def __init__(self, path: str, what: str = "checkpoint", state=None):
+        """``state``: the file's content when the caller has loaded it already."""
         self.path, self.what = path, what
-        state = safe_load(path, what)
+        state = safe_load(path, what) if state is None else state
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise PruningError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
         self.state = state

@@ -2,7 +2,6 @@
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -83,8 +82,3 @@ def slt_run(data_bin, dense_run, tmp_path_factory):
                    "--prune-mask-from", dense_run["best"], "--prune-rewind-from", dense_run["rewind4"],
                    "--save-rewind-points", "0,4")
     return {"dir": save, "stdout": result.stdout, "best": os.path.join(save, "checkpoint_best.pt")}
-
-
-def copy_tree(src, dst):
-    shutil.copytree(src, dst)
-    return dst

@@ -31,15 +31,19 @@ def _weight_matrices(model: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return chosen
 
 
-def load_mask(path: str) -> Mask:
-    state = safe_load(path, "input")
-    if isinstance(state, dict) and state.get("format") == MASK_FORMAT:
-        return Mask.from_state_dict(state, source=path)
-    checkpoint = Checkpoint(path, "input")
+def checkpoint_mask(checkpoint: Checkpoint) -> Mask:
+    """The checkpoint's stored mask; without one, its nonzero weight matrices."""
     stored = checkpoint.mask()
     if stored is not None:
         return stored
     return Mask({name: tensor != 0 for name, tensor in _weight_matrices(checkpoint.model).items()})
+
+
+def load_mask(path: str) -> Mask:
+    state = safe_load(path, "input")
+    if isinstance(state, dict) and state.get("format") == MASK_FORMAT:
+        return Mask.from_state_dict(state, source=path)
+    return checkpoint_mask(Checkpoint(path, "input", state=state))
 
 
 def overlap(a: Mask, b: Mask) -> dict:
@@ -53,7 +57,7 @@ def overlap(a: Mask, b: Mask) -> dict:
 
 def sign_agreement(trained_path: str, rewind_path: str) -> dict:
     trained, rewind = Checkpoint(trained_path, "TRAINED checkpoint"), Checkpoint(rewind_path, "REWIND checkpoint")
-    mask = load_mask(trained_path)
+    mask = checkpoint_mask(trained)
     layers, agree_total, count_total = {}, 0, 0
     for name, keep in mask.items():
         a, b = trained.model[name], rewind.model[name]

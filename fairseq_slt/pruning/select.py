@@ -35,18 +35,27 @@ def keep_all_but_smallest(bit_views: Sequence[torch.Tensor], k: int) -> List[tor
 
     ``bit_views`` may compute its items on access (each is read three times at most, one at a time).
     """
-    single = len(bit_views) == 1
-    first = bit_views[0] if single else None
-    high_parts = [_high_half(first)] if single else None  # reused when there is one tensor only
+    cache = {}
+
+    def read(i: int):
+        """(bits, high halves) of tensor i; kept when there is one tensor, recomputed otherwise."""
+        if i in cache:
+            return cache[i]
+        bits = bit_views[i]
+        pair = (bits, _high_half(bits))
+        if len(bit_views) == 1:
+            cache[i] = pair
+        return pair
+
+    if k == 0:
+        return [torch.ones(read(i)[0].numel(), dtype=torch.bool) for i in range(len(bit_views))]
     sizes, counts = [], torch.zeros(_HIGH_BINS, dtype=torch.int64)
     for i in range(len(bit_views)):
-        high = high_parts[0] if single else _high_half(bit_views[i])
+        high = read(i)[1]
         sizes.append(high.numel())
         counts += torch.bincount(high, minlength=_HIGH_BINS)
     if not 0 <= k <= sum(sizes):
         raise ValueError(f"cannot select {k} of {sum(sizes)} values")
-    if k == 0:
-        return [torch.ones(size, dtype=torch.bool) for size in sizes]
 
     cumulative = torch.cumsum(counts, 0)
     winner = int(torch.searchsorted(cumulative, torch.tensor([k]))[0])  # bin holding the k-th smallest
@@ -54,8 +63,7 @@ def keep_all_but_smallest(bit_views: Sequence[torch.Tensor], k: int) -> List[tor
     # the few values in the winning bin: (tensor, flat index, low 16 bits), in positional order
     owners, positions, lows = [], [], []
     for i in range(len(bit_views)):
-        bits = first if single else bit_views[i]
-        high = high_parts[0] if single else _high_half(bits)
+        bits, high = read(i)
         index = torch.nonzero(high == winner).view(-1)
         owners.append(torch.full_like(index, i))
         positions.append(index)
@@ -70,8 +78,7 @@ def keep_all_but_smallest(bit_views: Sequence[torch.Tensor], k: int) -> List[tor
 
     keeps = []
     for i in range(len(bit_views)):
-        bits = first if single else bit_views[i]
-        keep = bits >= threshold
+        keep = read(i)[0] >= threshold
         keep[positions[tied_to_prune[owners[tied_to_prune] == i]]] = False
         keeps.append(keep)
     return keeps
