@@ -23,7 +23,7 @@ if [ -z "${SLT_NO_SETUP:-}" ]; then  # set SLT_NO_SETUP=1 to use the fairseq alr
   VENV="$("$ROOT/scripts/setup_env.sh")"
   export PATH="$VENV/bin:$PATH"
 fi
-export OMP_NUM_THREADS="$THREADS" PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+export OMP_NUM_THREADS="$THREADS" PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}" PYTHONUNBUFFERED=1  # live logs through tee
 
 # fairseq-train with the plugin; the caller adds the run's own options
 slt_train() {
