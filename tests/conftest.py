@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "fairseq_slt")
 MULTI30K = os.environ.get("MULTI30K_DIR", os.path.join(ROOT, "..", "shared", "data", "multi30k"))
 BIN = os.path.dirname(sys.executable)
+# fairseq-train/-generate run through tests/launcher.py (a fork server: fairseq imported once); the
+# shims on PATH make every caller, the iterate driver included, use it. FAIRSEQ_SLT_TEST_LAUNCHER=0: plain.
+SHIMS = tempfile.mkdtemp(prefix="slt-shims-")
+LAUNCHED = ("fairseq-train", "fairseq-generate", "fairseq-preprocess")
+USE_LAUNCHER = os.environ.get("FAIRSEQ_SLT_TEST_LAUNCHER", "1") != "0"
 
 TINY_MODEL = (
     "--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
@@ -27,12 +33,40 @@ TRAINING = (
 
 def env():
     variables = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    variables["PATH"] = BIN + os.pathsep + variables.get("PATH", "")
+    variables["PATH"] = os.pathsep.join([SHIMS, BIN, variables.get("PATH", "")])
     return variables
 
 
+@pytest.fixture(scope="session", autouse=True)
+def launcher():
+    """Starts the fork server and writes the fairseq-train/fairseq-generate shims that use it."""
+    socket_path = os.path.join(SHIMS, "server.sock")
+    server = None
+    if USE_LAUNCHER:
+        server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "launcher.py"), "serve", socket_path],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env(), text=True)
+        for line in server.stdout:  # fairseq logs a line or two while it is imported
+            if line.strip() == "ready":
+                break
+        assert server.poll() is None, "the launcher did not start"
+    for tool in LAUNCHED:
+        target = (f'"{sys.executable}" "{os.path.join(ROOT, "tests", "launcher.py")}" run "{socket_path}" {tool}'
+                  if server else f'"{os.path.join(BIN, tool)}"')
+        with open(os.path.join(SHIMS, tool), "w") as shim:
+            shim.write(f'#!/bin/sh\nexec {target} "$@"\n')
+        os.chmod(os.path.join(SHIMS, tool), 0o755)
+    yield
+    if server:
+        server.stdin.close()
+        server.wait(timeout=60)
+
+
+def tool_path(tool):
+    return os.path.join(SHIMS if tool in LAUNCHED else BIN, tool)
+
+
 def run_tool(tool, *args, cwd=None, check=True):
-    result = subprocess.run([os.path.join(BIN, tool), *map(str, args)], cwd=cwd or ROOT, env=env(),
+    result = subprocess.run([tool_path(tool), *map(str, args)], cwd=cwd or ROOT, env=env(),
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -6,6 +6,7 @@ finished is skipped when the driver is rerun; an interrupted level resumes from 
 """
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -40,6 +41,10 @@ def add_arguments(parser):
     parser.add_argument("--bleu", action="store_true", help="also score each level on the valid set (sacreBLEU)")
     parser.add_argument("--generate-args", default="--beam 4 --batch-size 128 --remove-bpe sentencepiece",
                         help="fairseq-generate options for --bleu")
+    parser.add_argument("--train-command", default=f"{sys.executable} -m fairseq_cli.train",
+                        help="how to run fairseq-train, e.g. a cluster or torchrun wrapper (default: this Python's)")
+    parser.add_argument("--generate-command", default=f"{sys.executable} -m fairseq_cli.generate",
+                        help="how to run fairseq-generate for --bleu (default: this Python's)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and commands, run nothing")
     parser.add_argument("train_args", nargs="*", metavar="-- DATA FAIRSEQ_TRAIN_OPTIONS",
                         help="after --: the data folder and fairseq-train options shared by every run")
@@ -63,6 +68,9 @@ def validate(args, levels):
     for arg in args.train_args:
         if arg.startswith(RESERVED):
             raise PruningError(f"{arg} is set by the driver for every level; leave it out")
+    for option in ("train_command", "generate_command"):
+        if not shlex.split(getattr(args, option)):
+            raise PruningError(f"--{option.replace('_', '-')} is empty")
     if args.method != "lt" and args.rewind_k <= 0:
         raise PruningError(f"--method {args.method} needs --rewind-k > 0 (about 5 % of a run's updates)")
     if args.combine != "none":
@@ -95,7 +103,7 @@ class Driver:
         return os.path.join(self.args.work_dir, name)
 
     def command(self, stage: Stage):
-        args = [sys.executable, "-m", "fairseq_cli.train", *self.args.train_args]
+        args = [*shlex.split(self.args.train_command), *self.args.train_args]
         for option, value in (("--user-dir", USER_DIR), *PLUGIN_ARGS):
             if option not in args:
                 args += [option, value]
@@ -169,7 +177,7 @@ class Driver:
         return row
 
     def bleu(self, checkpoint: str):
-        command = [sys.executable, "-m", "fairseq_cli.generate", self.args.train_args[0], "--path", checkpoint,
+        command = [*shlex.split(self.args.generate_command), self.args.train_args[0], "--path", checkpoint,
                    "--user-dir", USER_DIR, "--task",
                    "translation_slt", "--gen-subset", "valid", "--scoring", "sacrebleu", "--quiet",
                    *self.args.generate_args.split()]

@@ -7,6 +7,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
+from .. import clean_exit
 from ..pruning import PruningError
 from ..pruning_run import METHODS, PruningRun, validate_options
 
@@ -63,6 +64,7 @@ class TranslationSLTTask(TranslationTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        clean_exit.install()
         if not kwargs.get("from_checkpoint"):
             try:
                 validate_options(cfg)
