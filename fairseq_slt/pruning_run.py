@@ -11,7 +11,7 @@ import torch
 from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
 from .pruning import (Mask, MaskEnforcer, PruningError, check_sparsity, magnitude_mask, prunable_parameters,
                       random_mask)
-from .master_weights import sync_master_weights
+from .master_weights import master_copies, sync_master_weights
 from .pruning.reinit import constant_weights
 from .pruning.schedule import check_schedule, cubic_sparsity, is_pruning_step
 
@@ -69,7 +69,7 @@ class PruningRun:
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
         self.enforcer = MaskEnforcer(self.params)
-        self.started, self.resumed, self.epoch = False, False, 1
+        self.started, self.resumed, self.epoch, self.optimizer = False, False, 1, None
         self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
         self.pending_mask: Optional[Mask] = None
@@ -147,6 +147,7 @@ class PruningRun:
         if self.started:
             return
         self.started = True
+        self.optimizer = optimizer
         if not self.resumed and self.start_sparsity:  # mp with s_0 > 0 from the weights it starts with
             self.pending_mask = magnitude_mask(self.params, self.start_sparsity, None, self.cfg.prune_scope)
         if not self.resumed and self.pending_mask is not None:
@@ -156,7 +157,7 @@ class PruningRun:
                 self._set_constant_weights()
             self.enforcer.set_mask(self.pending_mask)
             self._stats = None
-            if optimizer is not None and sync_master_weights(optimizer):
+            if sync_master_weights(optimizer):
                 logger.info("copied the rewound weights into the optimizer's fp32 master weights")
             self.write_mask_files()
         self.pending_mask = self.rewind_state = None
@@ -179,6 +180,7 @@ class PruningRun:
             self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
         else:
             self.enforcer.apply()
+        self.enforcer.apply_to_copies(master_copies(self.optimizer))  # fp16: the fp32 masters too
         if done in self.rewind_points:
             self.save_rewind_point(done)
 

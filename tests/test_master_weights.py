@@ -5,8 +5,8 @@ import torch
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from omegaconf import OmegaConf
 
-from fairseq_slt.master_weights import sync_master_weights
-from fairseq_slt.pruning import MaskEnforcer, magnitude_mask
+from fairseq_slt.master_weights import master_copies, sync_master_weights
+from fairseq_slt.pruning import Mask, MaskEnforcer, magnitude_mask
 
 
 def fp16_optimizer(params):
@@ -24,22 +24,23 @@ def fp16_optimizer(params):
 
 def test_rewound_masked_weights_survive_the_fp16_optimizer_step():
     torch.manual_seed(0)
-    model = torch.nn.Linear(8, 6)
+    model = torch.nn.Linear(8, 6).half()  # fp16 model: its fp32 masters are separate tensors
     optimizer = fp16_optimizer(list(model.parameters()))  # master copies made now, from the initial weights
-    rewound = {"weight": torch.randn(6, 8), "bias": torch.randn(6)}
+    rewound = {"weight": torch.randn(6, 8).half(), "bias": torch.randn(6).half()}
     mask = magnitude_mask({"weight": rewound["weight"]}, 0.5)
     model.load_state_dict(rewound)
     enforcer = MaskEnforcer({"weight": model.weight})
     enforcer.set_mask(mask)
     assert sync_master_weights(optimizer)
-    assert torch.equal(optimizer.fp32_params[0].data, model.weight.data)
+    assert optimizer.fp32_params[0].data_ptr() != model.weight.data_ptr()
+    assert torch.equal(optimizer.fp32_params[0].data, model.weight.data.float())
     optimizer.zero_grad()
-    optimizer.backward(model(torch.randn(4, 8)).sum())
+    optimizer.backward(model(torch.randn(4, 8).half()).sum())
     optimizer.step()  # copies the masters back into the model
     enforcer.apply()
     assert float(model.weight.detach()[~mask["weight"]].abs().max()) == 0.0
     kept = mask["weight"]
-    assert float((model.weight.detach()[kept] - rewound["weight"][kept]).abs().max()) < 0.05  # moved from the rewind point
+    assert float((model.weight.detach()[kept] - rewound["weight"][kept]).float().abs().max()) < 0.05  # moved from the rewind point
     assert not sync_master_weights(torch.optim.SGD(model.parameters(), lr=0.1))  # no master copies: nothing to do
 
 
@@ -48,3 +49,34 @@ def test_flat_master_buffer_is_filled_in_parameter_order():
     holder = SimpleNamespace(fp16_params=params, fp32_params={"cpu": torch.zeros(8)})
     assert sync_master_weights(holder)
     assert holder.fp32_params["cpu"].tolist() == [0, 1, 2, 3, 4, 5, 7, 8]
+
+
+def test_pruned_positions_are_zeroed_in_the_fp32_masters_as_in_the_model():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(8, 6).half()
+    optimizer = fp16_optimizer(list(model.parameters()))
+    before = optimizer.fp32_params[0].data.clone()
+    enforcer = MaskEnforcer({"weight": model.weight})
+    mask = magnitude_mask({"weight": model.weight.detach().float()}, 0.75)  # MP prunes after the masters were built
+    enforcer.set_mask(mask)
+    assert float(optimizer.fp32_params[0].data[~mask["weight"]].abs().min()) > 0  # the masters still hold them
+    enforcer.apply_to_copies(master_copies(optimizer))
+    keep = mask["weight"]
+    assert int((optimizer.fp32_params[0].data[~keep] != 0).sum()) == 0
+    assert torch.equal(optimizer.fp32_params[0].data[keep], before[keep])
+    assert torch.equal(optimizer.fp32_params[1].data, model.bias.data.float())  # biases are never masked
+    optimizer.zero_grad()
+    optimizer.backward(model(torch.randn(4, 8).half()).sum())
+    optimizer.step()  # masked gradients are 0 (hooks), so the masters' pruned positions stay 0
+    assert int((optimizer.fp32_params[0].data[~keep] != 0).sum()) == 0
+    assert int((model.weight.detach()[~keep] != 0).sum()) == 0
+
+
+def test_flat_master_buffers_are_zeroed_at_each_parameters_masked_positions():
+    weight = torch.nn.Parameter(torch.arange(1.0, 7.0).view(2, 3))
+    bias = torch.nn.Parameter(torch.tensor([7.0, 8.0]))
+    holder = SimpleNamespace(fp16_params=[weight, bias], fp32_params={"cpu": torch.arange(1.0, 9.0)})
+    enforcer = MaskEnforcer({"weight": weight})
+    enforcer.set_mask(Mask({"weight": torch.tensor([[True, False, True], [False, True, False]])}))
+    enforcer.apply_to_copies(master_copies(holder))
+    assert holder.fp32_params["cpu"].tolist() == [1, 0, 3, 0, 5, 0, 7, 8]

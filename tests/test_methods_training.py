@@ -42,6 +42,22 @@ def test_mp_follows_the_cubic_schedule_and_holds_the_final_sparsity(data_bin, tm
     assert all(torch.equal(final[n], previous[n]) for n in final)  # unchanged from t_end to the end
 
 
+def test_global_mp_reaches_the_total_sparsity_with_one_threshold(data_bin, tmp_path):
+    save = str(tmp_path / "mp_global")
+    train(data_bin, save, "--prune-method", "mp", "--prune-scope", "global", "--prune-sparsity", "0.7",
+          "--prune-start", "2", "--prune-end", "6", "--prune-frequency", "2", "--save-rewind-points", "4,8",
+          max_update=8)
+    at4, _ = mask_at(save, 4)
+    at8, model = mask_at(save, 8)
+    for mask, target in ((at4, cubic_sparsity(4, 0, 0.7, 2, 6)), (at8, 0.7)):
+        total = sum(k.numel() for k in mask.values())
+        assert sum(int((~k).sum()) for k in mask.values()) == pruned_count(target, total)
+    layer_sparsities = [float((~k).float().mean()) for k in at8.values()]
+    assert max(layer_sparsities) - min(layer_sparsities) > 0.1  # one threshold, not per layer
+    assert at8.within(at4)
+    assert all(float(model[n][~k].abs().max()) == 0.0 for n, k in at8.items() if (~k).any())
+
+
 def test_resumed_mp_run_continues_the_schedule(data_bin, tmp_path):
     save = str(tmp_path / "mp_resume")
     train(data_bin, save, *MP, "--save-rewind-points", "6", max_update=6)  # stops mid-schedule

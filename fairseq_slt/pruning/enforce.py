@@ -64,6 +64,15 @@ class MaskEnforcer:
             param.masked_fill_(~keep, 0.0)
 
     @torch.no_grad()
+    def apply_to_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+        """Zero the masked positions of other copies of the parameters (e.g. fp32 master weights)."""
+        by_param = {id(self.parameters[n]): keep for n, keep in self._device_masks.items()}
+        for param, copy in copies:
+            keep = by_param.get(id(param))
+            if keep is not None:
+                copy.masked_fill_(~keep.to(copy.device), 0.0)
+
+    @torch.no_grad()
     def masked_nonzero(self) -> int:
         """Pruned positions whose weight is not exactly 0.0 (uses the device-resident masks)."""
         return sum(int(((self.parameters[n] != 0) & ~keep).sum()) for n, keep in self._device_masks.items())
