@@ -2,6 +2,7 @@
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def launcher():
     if server:
         server.stdin.close()
         server.wait(timeout=60)
+    shutil.rmtree(SHIMS, ignore_errors=True)
 
 
 def tool_path(tool):
