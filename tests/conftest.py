@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "fairseq_slt")
 MULTI30K = os.environ.get("MULTI30K_DIR", os.path.join(ROOT, "..", "shared", "data", "multi30k"))
 BIN = os.path.dirname(sys.executable)
-# fairseq-train/-generate run through tests/launcher.py (a fork server: fairseq imported once); the
+# fairseq-train/-generate/-preprocess run through tests/launcher.py (a fork server: fairseq imported once); the
 # shims on PATH make every caller, the iterate driver included, use it. FAIRSEQ_SLT_TEST_LAUNCHER=0: plain.
 SHIMS = tempfile.mkdtemp(prefix="slt-shims-")
 LAUNCHED = ("fairseq-train", "fairseq-generate", "fairseq-preprocess")
@@ -40,7 +40,7 @@ def env():
 
 @pytest.fixture(scope="session", autouse=True)
 def launcher():
-    """Starts the fork server and writes the fairseq-train/fairseq-generate shims that use it."""
+    """Starts the fork server and writes the shims (one per tool in LAUNCHED) that use it."""
     socket_path = os.path.join(SHIMS, "server.sock")
     server = None
     if USE_LAUNCHER:
