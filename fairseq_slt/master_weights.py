@@ -30,9 +30,8 @@ def master_copies(optimizer) -> List[Tuple[torch.nn.Parameter, torch.Tensor]]:
 
 
 @torch.no_grad()
-def sync_master_weights(optimizer) -> bool:
-    """Copy the model's weights into the optimizer's fp32 master copies; False when it keeps none."""
-    pairs = master_copies(optimizer)
-    for param, master in pairs:
+def sync_master_weights(copies: List[Tuple[torch.nn.Parameter, torch.Tensor]]) -> bool:
+    """Copy the model's weights into their master copies (from ``master_copies``); False when there are none."""
+    for param, master in copies:
         master.copy_(param.data)
-    return bool(pairs)
+    return bool(copies)

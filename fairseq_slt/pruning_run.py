@@ -4,7 +4,7 @@ Called by the ``translation_slt`` task; holds no fairseq import so it can be tes
 """
 import logging
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -69,7 +69,8 @@ class PruningRun:
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
         self.enforcer = MaskEnforcer(self.params)
-        self.started, self.resumed, self.epoch, self.optimizer = False, False, 1, None
+        self.started, self.resumed, self.epoch = False, False, 1
+        self.masters: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []  # fp16: the optimizer's fp32 copies
         self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
         self.pending_mask: Optional[Mask] = None
@@ -147,7 +148,7 @@ class PruningRun:
         if self.started:
             return
         self.started = True
-        self.optimizer = optimizer
+        self.masters = master_copies(optimizer)  # fixed for the optimizer's life: found once, used every step
         if not self.resumed and self.start_sparsity:  # mp with s_0 > 0 from the weights it starts with
             self.pending_mask = magnitude_mask(self.params, self.start_sparsity, None, self.cfg.prune_scope)
         if not self.resumed and self.pending_mask is not None:
@@ -157,7 +158,7 @@ class PruningRun:
                 self._set_constant_weights()
             self.enforcer.set_mask(self.pending_mask)
             self._stats = None
-            if sync_master_weights(optimizer):
+            if sync_master_weights(self.masters):
                 logger.info("copied the rewound weights into the optimizer's fp32 master weights")
             self.write_mask_files()
         self.pending_mask = self.rewind_state = None
@@ -180,7 +181,7 @@ class PruningRun:
             self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
         else:
             self.enforcer.apply()
-        self.enforcer.apply_to_copies(master_copies(self.optimizer))  # fp16: the fp32 masters too
+        self.enforcer.apply_to_copies(self.masters)  # fp16: the fp32 masters too
         if done in self.rewind_points:
             self.save_rewind_point(done)
 

@@ -17,11 +17,12 @@ SCRIPT = textwrap.dedent("""
     if sys.argv[1] == "guarded":
         clean_exit.install()
     x = torch.randn(1200, 1200)
-    def batches():
-        for _ in range(1000):
-            yield x @ x
-    items = BufferedIterator(2, list(range(1000)))
-    items._iterable = batches()
+    class Batches:  # each item is a long torch op, computed when the prefetch thread asks for it
+        def __len__(self):
+            return 1000
+        def __iter__(self):
+            return (x @ x for _ in range(1000))
+    items = BufferedIterator(2, Batches())
     next(items)
 """)
 

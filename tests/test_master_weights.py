@@ -31,7 +31,7 @@ def test_rewound_masked_weights_survive_the_fp16_optimizer_step():
     model.load_state_dict(rewound)
     enforcer = MaskEnforcer({"weight": model.weight})
     enforcer.set_mask(mask)
-    assert sync_master_weights(optimizer)
+    assert sync_master_weights(master_copies(optimizer))
     assert optimizer.fp32_params[0].data_ptr() != model.weight.data_ptr()
     assert torch.equal(optimizer.fp32_params[0].data, model.weight.data.float())
     optimizer.zero_grad()
@@ -41,13 +41,13 @@ def test_rewound_masked_weights_survive_the_fp16_optimizer_step():
     assert float(model.weight.detach()[~mask["weight"]].abs().max()) == 0.0
     kept = mask["weight"]
     assert float((model.weight.detach()[kept] - rewound["weight"][kept]).float().abs().max()) < 0.05  # moved from the rewind point
-    assert not sync_master_weights(torch.optim.SGD(model.parameters(), lr=0.1))  # no master copies: nothing to do
+    assert not sync_master_weights(master_copies(torch.optim.SGD(model.parameters(), lr=0.1)))  # no master copies: nothing to do
 
 
 def test_flat_master_buffer_is_filled_in_parameter_order():
     params = [torch.nn.Parameter(torch.arange(6.0).view(2, 3)), torch.nn.Parameter(torch.tensor([7.0, 8.0]))]
     holder = SimpleNamespace(fp16_params=params, fp32_params={"cpu": torch.zeros(8)})
-    assert sync_master_weights(holder)
+    assert sync_master_weights(master_copies(holder))
     assert holder.fp32_params["cpu"].tolist() == [0, 1, 2, 3, 4, 5, 7, 8]
 
 
