@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="fairseq-slt",
-    version="0.1.0",
+    version="0.2.0",
     description="Stabilized lottery ticket pruning for fairseq Transformers (Brix, Bahar & Ney, ACL 2020)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

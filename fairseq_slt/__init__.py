@@ -4,13 +4,19 @@ Importing the package registers its task and criterion with fairseq when fairseq
 (as under ``fairseq-train --user-dir``); the pruning math in ``fairseq_slt.pruning`` and the
 ``fairseq-slt`` tools work without importing fairseq.
 """
+import os
 import sys
 
 from .pruning.io import allow_fairseq_globals
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+UNSAFE_LOAD_VARIABLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 allow_fairseq_globals()  # fairseq's own torch.load (weights_only=True) needs argparse.Namespace
 
 if "fairseq" in sys.modules:
+    # fairseq's torch.load calls pass no weights_only, so this variable would make them unpickle anything
+    if os.environ.get(UNSAFE_LOAD_VARIABLE, "").strip().lower() in ("1", "y", "yes", "true"):
+        sys.exit(f"fairseq-slt: error: {UNSAFE_LOAD_VARIABLE} is set: fairseq would load checkpoints with unsafe "
+                 "unpickling (a checkpoint could run code); unset it")
     from . import criterions, tasks  # noqa: F401  (registration)

@@ -16,10 +16,10 @@ TASK_KEY = "TranslationSLTTask"  # fairseq files task state under the task's cla
 class Checkpoint:
     """A loaded fairseq checkpoint (weights-only load), with the accessors the plugin needs."""
 
-    def __init__(self, path: str, what: str = "checkpoint", state=None):
-        """``state``: the file's content when the caller has loaded it already."""
+    def __init__(self, path: str, what: str = "checkpoint", state=None, mmap: bool = False):
+        """``state``: the file's content when the caller has loaded it already; ``mmap``: read lazily."""
         self.path, self.what = path, what
-        state = safe_load(path, what) if state is None else state
+        state = safe_load(path, what, mmap) if state is None else state
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise PruningError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
         self.state = state
@@ -41,8 +41,14 @@ class Checkpoint:
         packed = self.task_state.get("mask")
         return Mask.from_state_dict(packed, source=f"mask in {self.path}") if packed is not None else None
 
-    def check_matches(self, model_state: Mapping[str, torch.Tensor]) -> None:
-        """One clear error when the checkpoint's weights do not fit the model being trained."""
+    @property
+    def dictionaries(self) -> Optional[str]:
+        """Digest of the dictionaries the checkpoint was trained with (None: not recorded)."""
+        return (self.task_state.get("identity") or {}).get("dictionaries")
+
+    def check_matches(self, model_state: Mapping[str, torch.Tensor], dictionaries: Optional[str] = None) -> None:
+        """One clear error when the checkpoint's weights do not fit the model being trained, or it was
+        trained with other dictionaries (when both digests are known: equal sizes do not suffice)."""
         for name, tensor in model_state.items():
             if name not in self.model:
                 raise PruningError(
@@ -56,6 +62,9 @@ class Checkpoint:
         if extra:
             raise PruningError(
                 f"{self.what} {self.path} does not match the model: unexpected {extra[0]} (different architecture?)")
+        if dictionaries and self.dictionaries and self.dictionaries != dictionaries:
+            raise PruningError(f"{self.what} {self.path} was trained with other dictionaries than this run's data "
+                               "(same sizes, other entries): another vocabulary")
 
 
 def rewind_point_path(save_dir: str, update: int) -> str:

@@ -2,16 +2,19 @@
 
 Called by the ``translation_slt`` task; holds no fairseq import so it can be tested directly.
 """
+import enum
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from . import run_dir
 from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
 from .pruning import (Mask, MaskEnforcer, PruningError, check_sparsity, magnitude_mask, prunable_parameters,
                       random_mask)
 from .master_weights import master_copies, sync_master_weights
+from .pruning.magnitude import SCOPES
 from .pruning.reinit import constant_weights
 from .pruning.schedule import check_schedule, cubic_sparsity, is_pruning_step
 
@@ -21,6 +24,8 @@ METHODS = ("none", "lt", "slt", "clt", "mp")
 FROM_CHECKPOINT = ("lt", "slt", "clt")  # methods whose mask and weights must come from earlier runs
 CONTROLS = {"prune_random_mask": FROM_CHECKPOINT, "prune_reinit": FROM_CHECKPOINT, "prune_clt_random_signs": ("clt",)}
 MASK_FILE, REPORT_FILE = "mask.pt", "mask_report.json"
+SCHEDULE_OPTIONS = ("prune_initial_sparsity", "prune_start", "prune_end", "prune_frequency")
+CPU_DDP_BACKENDS = ("legacy_ddp", "no_c10d")  # the others pass device_ids or need a GPU
 
 
 def parse_rewind_points(text: Optional[str]) -> List[int]:
@@ -43,6 +48,11 @@ def validate_options(cfg) -> None:
     max_update = int(cfg.max_update or 0)
     if points and max_update > 0 and points[-1] > max_update:
         raise PruningError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
+    if cfg.prune_scope not in SCOPES:
+        raise PruningError(f"--prune-scope must be one of {', '.join(SCOPES)}, got {cfg.prune_scope!r}")
+    if cfg.cpu and int(cfg.distributed_world_size or 1) > 1 and cfg.ddp_backend not in CPU_DDP_BACKENDS:
+        raise PruningError(f"--ddp-backend {cfg.ddp_backend} does not run on CPU with several processes; "
+                           f"use {' or '.join(CPU_DDP_BACKENDS)}")
     for control, methods in CONTROLS.items():
         if getattr(cfg, control) and cfg.prune_method not in methods:
             raise PruningError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(methods)}")
@@ -52,6 +62,9 @@ def validate_options(cfg) -> None:
     if cfg.prune_method == "mp":
         check_schedule(cfg.prune_initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
                        cfg.prune_frequency)
+        if max_update > 0 and cfg.prune_end > max_update:
+            raise PruningError(f"--prune-end {cfg.prune_end} is beyond the run's --max-update {max_update}: the run "
+                               f"would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
     for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
         if not path and cfg.prune_method in FROM_CHECKPOINT:
             raise PruningError(f"--prune-method {cfg.prune_method} needs {option}")
@@ -59,24 +72,53 @@ def validate_options(cfg) -> None:
             raise PruningError(f"{option} checkpoint not found: {path}")
 
 
+def run_identity(cfg, dictionaries: Optional[str]) -> dict:
+    """What makes a run this run (recorded in its save dir and checkpoints; see run_dir)."""
+    identity = {"method": cfg.prune_method}
+    if cfg.prune_method != "none":
+        identity.update({k: os.path.abspath(v) if v else None
+                         for k, v in (("mask_from", cfg.prune_mask_from), ("rewind_from", cfg.prune_rewind_from))})
+        identity.update({k: getattr(cfg, k) for k in ("prune_sparsity", "prune_scope", "prune_params")})
+        if cfg.prune_method == "mp":
+            identity.update({k: getattr(cfg, k) for k in SCHEDULE_OPTIONS})
+        identity.update({k: getattr(cfg, k) for k, methods in CONTROLS.items() if cfg.prune_method in methods})
+        identity["prune_seed"] = cfg.prune_seed
+    identity.update({"seed": cfg.seed, "dictionaries": dictionaries})
+    return identity
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # starts afresh: its mask and start weights are applied at the first update
+    RESUME = "resume"  # continues a checkpoint of this run: its stored mask, the weights fairseq restores
+    RUNNING = "running"
+
+
 class PruningRun:
-    """``fresh_init``: a seeded fairseq initialisation of the model, for the --prune-reinit control."""
+    """``fresh_init``: a seeded fairseq initialisation of the model, for the --prune-reinit control;
+    ``dictionaries``: a digest of the run's source and target dictionaries."""
 
     def __init__(self, cfg, model: torch.nn.Module, full_config: Callable[[], dict],
-                 fresh_init: Optional[Dict[str, torch.Tensor]] = None):
+                 fresh_init: Optional[Dict[str, torch.Tensor]] = None, dictionaries: Optional[str] = None):
         self.cfg, self.model, self.full_config = cfg, model, full_config
-        self.method = cfg.prune_method
+        self.method, self.dictionaries = cfg.prune_method, dictionaries
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
         self.enforcer = MaskEnforcer(self.params)
-        self.started, self.resumed, self.epoch = False, False, 1
+        self.identity = run_identity(cfg, dictionaries)
+        self.epoch = 1
         self.masters: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []  # fp16: the optimizer's fp32 copies
         self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
-        self.pending_mask: Optional[Mask] = None
-        self.rewind_state: Optional[Dict[str, torch.Tensor]] = None
-        self.start_sparsity = 0.0  # mp without source checkpoints: s_0 applied to the starting weights
-        if self.method in FROM_CHECKPOINT or self.method == "mp":
+        self.initial_sparsity = float(cfg.prune_initial_sparsity)  # mp: s_0 of the schedule
+        self.start_mask: Optional[Mask] = None  # NEW: applied at the first update (None: from the start weights)
+        self.start_weights: Optional[Dict[str, torch.Tensor]] = None  # NEW: the rewind point's weights
+        owned = run_dir.claim(cfg.save_dir, self.identity, self.is_master)
+        resume = self._checkpoint_to_resume(owned)
+        self.phase = Phase.RESUME if resume is not None else Phase.NEW
+        self.resumed_from = resume.path if resume is not None else None
+        if resume is not None:
+            self._resume(resume)
+        elif self.method != "none":
             self._prepare(fresh_init)
 
     @property
@@ -87,20 +129,41 @@ class PruningRun:
     def mask(self) -> Optional[Mask]:
         return self.enforcer.mask
 
-    def fingerprint(self) -> dict:
-        """Identifies the run: a restored task state resumes it only when this matches."""
-        paths = {k: os.path.abspath(v) if v else None
-                 for k, v in (("mask_from", self.cfg.prune_mask_from), ("rewind_from", self.cfg.prune_rewind_from))}
-        options = ("prune_sparsity", "prune_scope", "prune_params", "prune_initial_sparsity", "prune_start",
-                   "prune_end", "prune_frequency", *CONTROLS, "prune_seed")
-        return {"method": self.method, **paths, **{k: getattr(self.cfg, k) for k in options}}
+    @property
+    def own_last(self) -> str:
+        return os.path.join(self.cfg.save_dir, run_dir.LAST)
 
     # set-up (before training): every bad input fails here
+    def _checkpoint_to_resume(self, owned: bool) -> Optional[Checkpoint]:
+        """The run's own checkpoint_last.pt; else a --restore-file written by a run of the same identity."""
+        if owned and os.path.isfile(self.own_last):
+            return Checkpoint(self.own_last, "this run's checkpoint", mmap=True)
+        restore = self.cfg.restore_file
+        if restore and restore != run_dir.LAST and os.path.isfile(restore):
+            other = Checkpoint(restore, "--restore-file checkpoint", mmap=True)
+            if other.task_state.get("identity") == self.identity:
+                return other
+        return None
+
+    def _resume(self, checkpoint: Checkpoint) -> None:
+        mask = checkpoint.mask()
+        if self.method != "none" and mask is None:
+            raise PruningError(f"{checkpoint.path} holds no mask, but this is a {self.method} run")
+        if mask is not None:
+            try:
+                self.enforcer.set_mask(mask)
+            except PruningError as err:
+                raise PruningError(f"the mask in {checkpoint.path} does not fit the model: {err}") from None
+        schedule = checkpoint.task_state.get("schedule") or {}
+        self.initial_sparsity = float(schedule.get("initial_sparsity", self.initial_sparsity))
+        logger.info(f"resuming from {checkpoint.path}" + (f" with its stored mask (sparsity {mask.sparsity():.4f}); "
+                                                          "no mask is computed" if mask is not None else ""))
+
     def _load(self, path: Optional[str], option: str, model_state) -> Optional[Checkpoint]:
         if not path:
             return None
         checkpoint = Checkpoint(path, f"{option} checkpoint")
-        checkpoint.check_matches(model_state)
+        checkpoint.check_matches(model_state, self.dictionaries)
         return checkpoint
 
     def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> None:
@@ -119,19 +182,18 @@ class PruningRun:
                 raise PruningError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
                                    f"{cfg.prune_sparsity}")
             self.initial_sparsity = sparsity
-        if source is None and rewind is None:  # mp from the run's own weights, known only at start()
-            self.pending_mask = Mask.ones_like(self.params)
-            self.start_sparsity = sparsity
+        if source is None and rewind is None:  # mp from the weights the run starts with, known only at start()
+            logger.info(f"{self.method}: starting mask at sparsity {sparsity:.4f} from the weights the run starts with")
             return
         start_weights = rewind.model if rewind is not None else model_state
         scored = source.model if source is not None else start_weights
         weights = {name: scored[name] for name in self.params}
-        self.pending_mask = magnitude_mask(weights, sparsity, previous, cfg.prune_scope)
+        self.start_mask = magnitude_mask(weights, sparsity, previous, cfg.prune_scope)
         if cfg.prune_random_mask:
-            self.pending_mask = random_mask(weights, self.pending_mask, cfg.prune_seed, previous)
+            self.start_mask = random_mask(weights, self.start_mask, cfg.prune_seed, previous)
         start = fresh_init if cfg.prune_reinit else start_weights
-        self.rewind_state = {name: start[name] for name in model_state}
-        logger.info(f"{self.method}: starting mask at sparsity {self.pending_mask.sparsity():.4f}"
+        self.start_weights = {name: start[name] for name in model_state}
+        logger.info(f"{self.method}: starting mask at sparsity {self.start_mask.sparsity():.4f}"
                     f"{' (random)' if cfg.prune_random_mask else ''} from {source.path if source else 'the start weights'}; "
                     f"weights from {'a fresh init' if cfg.prune_reinit else rewind.path if rewind else 'the model init'}")
 
@@ -143,32 +205,43 @@ class PruningRun:
                                "a checkpoint from update 0 is --prune-method lt")
 
     # training hooks
-    def start(self, update_num: int, optimizer=None) -> None:
-        """Before the first forward pass of this process (after any checkpoint was restored)."""
-        if self.started:
-            return
-        self.started = True
+    def start(self, update_num: int, optimizer=None) -> Optional[Phase]:
+        """Before the first forward pass of this process (after any checkpoint was restored): applies the
+        phase's mask and weights; returns the phase it started from (None when already running)."""
+        if self.phase is Phase.RUNNING:
+            return None
+        started_from, self.phase = self.phase, Phase.RUNNING
         self.masters = master_copies(optimizer)  # fixed for the optimizer's life: found once, used every step
-        if not self.resumed and self.start_sparsity:  # mp with s_0 > 0 from the weights it starts with
-            self.pending_mask = magnitude_mask(self.params, self.start_sparsity, None, self.cfg.prune_scope)
-        if not self.resumed and self.pending_mask is not None:
-            if self.rewind_state is not None:
-                torch.nn.Module.load_state_dict(self.model, self.rewind_state, strict=True)
+        if started_from is Phase.NEW and self.method != "none":
+            if self.start_mask is None:  # mp with s_0 from the weights it starts with
+                self.start_mask = magnitude_mask(self.params, self.initial_sparsity, None, self.cfg.prune_scope)
+            if self.start_weights is not None:
+                torch.nn.Module.load_state_dict(self.model, self.start_weights, strict=True)
             if self.method == "clt":
                 self._set_constant_weights()
-            self.enforcer.set_mask(self.pending_mask)
-            self._stats = None
+            self.enforcer.set_mask(self.start_mask)
             if sync_master_weights(self.masters):
                 logger.info("copied the rewound weights into the optimizer's fp32 master weights")
-            self.write_mask_files()
-        self.pending_mask = self.rewind_state = None
+        elif self.mask is not None:  # resumed: the restored weights must already respect the stored mask
+            regrown = self.enforcer.masked_nonzero(self.masters)
+            if regrown:
+                logger.warning(f"{regrown} pruned positions of the restored checkpoint held nonzero weights; "
+                               "zeroed them")
+            self.enforcer.apply()
+            self.enforcer.apply_to_copies(self.masters)
+        self.start_mask = self.start_weights = None
+        self._stats = None
+        if self.is_master:
+            run_dir.write_manifest(self.cfg.save_dir, self.identity)
+        self.write_mask_files()
         if update_num == 0 and 0 in self.rewind_points:
             self.save_rewind_point(0)
+        return started_from
 
     @torch.no_grad()
     def _set_constant_weights(self) -> None:
         seed = self.cfg.prune_seed if self.cfg.prune_clt_random_signs else None
-        for name, value in constant_weights(self.params, self.pending_mask, seed).items():
+        for name, value in constant_weights(self.params, self.start_mask, seed).items():
             self.params[name].copy_(value)
 
     def after_step(self, update_num: int) -> None:
@@ -186,9 +259,13 @@ class PruningRun:
             self.save_rewind_point(done)
 
     def save_rewind_point(self, update: int) -> None:
+        """Once written, a rewind point is never overwritten (a resumed run passing update K again keeps it)."""
+        path = rewind_point_path(self.cfg.save_dir, update)
         if not self.is_master:
             return
-        path = rewind_point_path(self.cfg.save_dir, update)
+        if os.path.exists(path):
+            logger.info(f"rewind point {path} exists already: kept as it is")
+            return
         write_model_checkpoint(path, self.model.state_dict(), self.full_config(), update, self.epoch,
                                self.checkpoint_dict())
         logger.info(f"saved rewind point (weights after {update} updates) to {path}")
@@ -202,30 +279,24 @@ class PruningRun:
 
     # statistics for the criterion's log lines: computed once per update (the weights change only then)
     def stats(self) -> Dict[str, int]:
+        """masked_nonzero counts pruned positions holding a nonzero value in the model and in every fp32
+        master copy, against the run's own mask."""
         if self._stats is None:
             with torch.no_grad():
                 zeros = sum(int((p == 0).sum()) for p in self.params.values())
             self._stats = {"slt_weights": sum(p.numel() for p in self.params.values()), "slt_zeros": zeros,
-                           "slt_masked_nonzero": self.enforcer.masked_nonzero(), "slt_reports": 1}
+                           "slt_masked_nonzero": self.enforcer.masked_nonzero(self.masters), "slt_reports": 1}
         return dict(self._stats)
 
     # checkpointed state
     def checkpoint_dict(self) -> dict:
         self.write_mask_files()
-        return {"fingerprint": self.fingerprint(), "mask": self.mask.state_dict() if self.mask is not None else None}
+        return {"identity": self.identity, "mask": self.mask.state_dict() if self.mask is not None else None,
+                "schedule": {"initial_sparsity": self.initial_sparsity}}
 
     def load_checkpoint_dict(self, state: dict) -> None:
-        """A run's own checkpoint_last always resumes; another run's checkpoint (--restore-file) resumes
-        only when it was written with the same pruning options, else this run starts afresh from it."""
-        same = state.get("fingerprint") == self.fingerprint()
-        own = self.cfg.restore_file == "checkpoint_last.pt"
-        if not (same or own):
-            logger.info("the restored checkpoint belongs to another pruning run: starting this run afresh")
-            return
-        if not same:
-            logger.warning("pruning options changed since this run's checkpoint; continuing with its mask")
-        self.resumed = True
-        self._stats = None
-        if state.get("mask") is not None:
-            self.enforcer.set_mask(Mask.from_state_dict(state["mask"], source="mask in the restored checkpoint"))
-            self.mask_written = None
+        """fairseq hands over the restored checkpoint's task state. The run decided what to resume when it
+        was built (it reads its own checkpoint itself, so --reset-dataloader cannot drop its mask)."""
+        if self.phase is Phase.NEW and state:
+            logger.info("the restored checkpoint belongs to another pruning run: this run starts afresh "
+                        "(its own mask and start weights)")

@@ -1,11 +1,14 @@
 """Shared fixtures: a small slice of Multi30k, a tiny transformer, and helpers that run fairseq's CLIs."""
 import argparse
+import fcntl
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -76,10 +79,45 @@ def run_tool(tool, *args, cwd=None, check=True):
 
 
 def train(data, save_dir, *extra, check=True, max_update=12, model=TINY_MODEL, cwd=None):
-    args = [data, "--user-dir", USER_DIR, "--task", "translation_slt", "--criterion",
-            "label_smoothed_cross_entropy_slt", *model, *TRAINING, "--max-update", max_update,
-            "--save-dir", save_dir, *extra]
-    return run_tool("fairseq-train", *args, check=check, cwd=cwd)
+    return run_tool("fairseq-train", *train_args(data, save_dir, *extra, max_update=max_update, model=model),
+                    check=check, cwd=cwd)
+
+
+def train_args(data, save_dir, *extra, max_update=12, model=TINY_MODEL):
+    return [data, "--user-dir", USER_DIR, "--task", "translation_slt", "--criterion", "label_smoothed_cross_entropy_slt",
+            *model, *TRAINING, "--max-update", max_update, "--save-dir", save_dir, *extra]
+
+
+def wait_until_unlocked(folder, timeout=60):
+    """Until no live run holds ``folder``'s lock (a killed trainer may take a moment to go)."""
+    deadline = time.time() + timeout
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.time() < deadline, f"{folder} is still locked"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+def train_killed_when(data, save_dir, appears, *extra, max_update=12):
+    """fairseq-train killed (SIGKILL) as soon as the file ``appears`` exists: an interrupted run."""
+    process = subprocess.Popen([tool_path("fairseq-train"), *map(str, train_args(data, save_dir, *extra,
+                                                                                 max_update=max_update))],
+                               cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not os.path.exists(appears) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, f"the run ended before {appears} appeared:\n{process.communicate()[0][-3000:]}"
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0]
+    wait_until_unlocked(save_dir)
+    return output
 
 
 def load(path):

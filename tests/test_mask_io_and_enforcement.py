@@ -8,7 +8,7 @@ import torch
 from fairseq_slt.pruning import Mask, MaskEnforcer, PruningError, magnitude_mask, safe_load
 
 
-def test_mask_roundtrip_report_and_atomic_overwrite(tmp_path):
+def test_mask_roundtrip_report_and_packed_bits(tmp_path):
     mask = Mask({"a": torch.tensor([[True, False, False], [True, True, False]]), "b": torch.ones(9, dtype=torch.bool)})
     path, report = str(tmp_path / "mask.pt"), str(tmp_path / "report.json")
     mask.save(path, report)
@@ -16,8 +16,42 @@ def test_mask_roundtrip_report_and_atomic_overwrite(tmp_path):
     assert list(again) == ["a", "b"] and all(torch.equal(mask[n], again[n]) for n in mask)
     assert mask.report()["layers"]["a"] == {"shape": [2, 3], "total": 6, "pruned": 3, "sparsity": 0.5}
     assert mask.report()["pruned"] == 3 and mask.report()["total"] == 15
-    assert os.path.getsize(path) < 2000  # packed bits
-    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")] == []
+    # 1 bit per weight: 400k weights are 50 kB packed (400 kB as bool or uint8) plus a small container
+    big = Mask({"w": torch.rand(400, 1000, generator=torch.Generator().manual_seed(0)) > 0.8})
+    big.save(str(tmp_path / "big.pt"))
+    assert 50_000 <= os.path.getsize(tmp_path / "big.pt") < 50_000 + 4_000
+    assert torch.equal(Mask.load(str(tmp_path / "big.pt"))["w"], big["w"])
+
+
+def test_an_interrupted_overwrite_leaves_the_old_mask_intact(tmp_path, monkeypatch):
+    path = str(tmp_path / "mask.pt")
+    old = Mask({"w": torch.tensor([True, False, True, True])})
+    old.save(path)
+
+    def save_half_then_fail(obj, handle):
+        handle.write(b"PK\x03\x04 half a zip file")  # a partial write, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        Mask({"w": torch.tensor([False, False, False, True])}).save(path)
+    monkeypatch.undo()
+    assert torch.equal(Mask.load(path)["w"], old["w"])
+    assert os.listdir(tmp_path) == ["mask.pt"]  # no temporary file left behind
+
+
+def test_a_flipped_byte_in_a_mask_file_is_detected(tmp_path):
+    path = tmp_path / "mask.pt"
+    mask = Mask({"w": torch.rand(64, 64, generator=torch.Generator().manual_seed(1)) > 0.5})
+    mask.save(str(path))
+    content = bytearray(path.read_bytes())
+    bits = mask.state_dict()["masks"]["w"]["bits"].numpy().tobytes()
+    at = content.find(bits)
+    assert at > 0  # the packed bits lie uncompressed in torch's zip container
+    content[at + 100] ^= 0x10
+    path.write_bytes(bytes(content))
+    with pytest.raises(PruningError, match=f"mask file {path} is corrupt: its checksum does not match"):
+        Mask.load(str(path))
 
 
 def test_corrupt_and_foreign_mask_files_give_one_error_and_change_nothing(tmp_path):
@@ -49,7 +83,7 @@ def test_safe_load_refuses_pickled_globals(tmp_path):
         safe_load(str(path))
     with open(path, "wb") as handle:
         pickle.dump({"model": {}}, handle)  # a plain pickle is not a torch file either
-    with pytest.raises(PruningError):
+    with pytest.raises(PruningError, match="cannot read checkpoint .*not a readable torch file"):
         safe_load(str(path))
 
 

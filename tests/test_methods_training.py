@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from conftest import load, train
+from conftest import load, train, train_killed_when
 from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 from fairseq_slt.pruning.schedule import cubic_sparsity
@@ -60,19 +60,26 @@ def test_global_mp_reaches_the_total_sparsity_with_one_threshold(data_bin, tmp_p
 
 def test_resumed_mp_run_continues_the_schedule(data_bin, tmp_path):
     save = str(tmp_path / "mp_resume")
-    train(data_bin, save, *MP, "--save-rewind-points", "6", max_update=6)  # stops mid-schedule
-    at6 = Mask.from_state_dict(load(os.path.join(save, "checkpoint_last.pt"))["extra_state"][TASK_KEY]["mask"])
-    assert_layers_at(at6, cubic_sparsity(6, 0, 0.8, 2, 10))
-    result = train(data_bin, save, *MP, "--save-rewind-points", "6,7,8,12", max_update=12)
+    run = [*MP, "--save-interval-updates", "2", "--save-rewind-points", "6"]
+    train_killed_when(data_bin, save, os.path.join(save, "checkpoint_rewind_6.pt"), *run)  # killed mid-schedule
+    last = load(os.path.join(save, "checkpoint_last.pt"))
+    stopped = last["optimizer_history"][-1]["num_updates"]
+    assert stopped in (4, 6, 8)  # an even update (saved every 2): the next one prunes nothing
+    at_stop = Mask.from_state_dict(last["extra_state"][TASK_KEY]["mask"])
+    assert_layers_at(at_stop, cubic_sparsity(stopped, 0, 0.8, 2, 10))
+    points = [t for t in range(stopped + 1, 13)]
+    result = train(data_bin, save, *run[:-1], ",".join(map(str, points)), max_update=12)
     assert "Loaded checkpoint" in result.stdout and "num_updates 12" in result.stdout
-    at7, _ = mask_at(save, 7)
-    assert all(torch.equal(at6[n], at7[n]) for n in at6)  # no pruning jump on resume (7 is no pruning step)
-    at8, _ = mask_at(save, 8)
-    assert_layers_at(at8, cubic_sparsity(8, 0, 0.8, 2, 10))
-    assert at8.within(at6)
-    at12, model = mask_at(save, 12)
-    assert_layers_at(at12, 0.8)
-    assert all(float(model[n][~k].abs().max()) == 0.0 for n, k in at12.items())
+    after, _ = mask_at(save, stopped + 1)
+    assert all(torch.equal(at_stop[n], after[n]) for n in at_stop)  # no pruning jump on resume
+    previous = at_stop
+    for update in points[1:]:
+        mask, model = mask_at(save, update)
+        assert_layers_at(mask, cubic_sparsity(update - update % 2, 0, 0.8, 2, 10))
+        assert mask.within(previous)
+        assert all(float(model[n][~k].abs().max()) == 0.0 for n, k in mask.items())
+        previous = mask
+    assert_layers_at(previous, 0.8)
 
 
 def test_mp_from_a_mask_and_weights_starts_at_least_at_that_sparsity(data_bin, slt_run, tmp_path):

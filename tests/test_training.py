@@ -119,13 +119,21 @@ def test_resume_restores_the_mask_from_the_checkpoint(data_bin, dense_run, tmp_p
     shutil.copy(dense_run["rewind0"], mask_source)  # a recomputed mask would now differ
     assert any(not torch.equal(first[n], magnitude_mask({n: load(mask_source)["model"][n] for n in first}, 0.8)[n])
                for n in first)
-    moved = str(tmp_path / "moved.pt")  # and the mask source moved: the run's own checkpoint still resumes it
-    shutil.copy(mask_source, moved)
-    result = train(data_bin, save, *[moved if a == mask_source else a for a in common], max_update=12)
+    result = train(data_bin, save, *common, max_update=12)  # the same command: resumes with the stored mask
     assert "Loaded checkpoint" in result.stdout and "num_updates 12" in result.stdout
+    assert "with its stored mask" in result.stdout and "starting mask" not in result.stdout  # none recomputed
     resumed = saved_mask(os.path.join(save, "checkpoint_last.pt"))
     assert all(torch.equal(first[n], resumed[n]) for n in first)
     assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), first)
+    # the mask source moved: another identity, refused before anything is touched
+    moved = str(tmp_path / "moved.pt")
+    shutil.copy(mask_source, moved)
+    before = {f: os.path.getmtime(os.path.join(save, f)) for f in os.listdir(save)}
+    refused = train(data_bin, save, *[moved if a == mask_source else a for a in common], max_update=14, check=False)
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines()[-1].startswith(
+        f"fairseq-slt: error: --save-dir {save} belongs to another run (--prune-mask-from {mask_source} there, "
+        f"{moved} here)")
+    assert {f: os.path.getmtime(os.path.join(save, f)) for f in os.listdir(save)} == before
 
 
 def test_generate_scores_every_checkpoint_kind_with_sacrebleu_from_any_folder(data_bin, dense_run, slt_run, tmp_path):

@@ -57,12 +57,11 @@ def overlap(a: Mask, b: Mask) -> dict:
 
 def sign_agreement(trained_path: str, rewind_path: str) -> dict:
     trained, rewind = Checkpoint(trained_path, "TRAINED checkpoint"), Checkpoint(rewind_path, "REWIND checkpoint")
+    rewind.check_matches(trained.model)  # the same architecture: every weight, every shape
     mask = checkpoint_mask(trained)
     layers, agree_total, count_total = {}, 0, 0
     for name, keep in mask.items():
         a, b = trained.model[name], rewind.model[name]
-        if a.shape != b.shape:
-            raise PruningError(f"{name} has shape {tuple(a.shape)} in {trained_path} but {tuple(b.shape)} in {rewind_path}")
         considered = keep & (a != 0) & (b != 0)
         agree = int((torch.sign(a) == torch.sign(b))[considered].sum())
         count = int(considered.sum())

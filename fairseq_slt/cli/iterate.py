@@ -4,13 +4,16 @@ Each level's mask comes from the previous level's converged checkpoint, and its 
 previous level's own theta_k (the paper) or the dense run's (Frankle et al.).  A level whose run
 finished is skipped when the driver is rerun; an interrupted level resumes from its checkpoint_last.
 """
+import ctypes
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 
+from .. import run_dir
 from ..checkpoints import Checkpoint, rewind_point_path
 from ..pruning import PruningError, atomic_write_json
 from ..pruning.schedule import check_schedule
@@ -20,6 +23,8 @@ DEFAULT_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.98"
 PLUGIN_ARGS = (("--task", "translation_slt"), ("--criterion", "label_smoothed_cross_entropy_slt"))
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESERVED = ("--save-dir", "--prune-", "--save-rewind-points", "--restore-file")
+STAGE_FILE = "stage.json"  # the command a stage was made with (without --train-command)
+PR_SET_PDEATHSIG = 1
 
 
 def add_arguments(parser):
@@ -62,9 +67,30 @@ def parse_levels(text: str):
     return levels
 
 
+def option_value(args, option: str):
+    """The value of ``--option V`` or ``--option=V`` in an argument list (the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def validate(args, levels):
     if not args.train_args or args.train_args[0].startswith("-"):
         raise PruningError("give the data folder and fairseq-train options after --")
+    max_update = option_value(args.train_args, "--max-update")
+    try:
+        max_update = int(max_update) if max_update is not None else 0
+    except ValueError:
+        raise PruningError(f"--max-update must be a number of updates, got {max_update!r}") from None
+    if max_update > 0:
+        for option, update in (("--rewind-k", args.rewind_k), ("--mp-end", args.mp_end)):
+            if update > max_update:
+                raise PruningError(f"{option} {update} is beyond --max-update {max_update}: every run stops before "
+                                   "update " + str(update))
     for arg in args.train_args:
         if arg.startswith(RESERVED):
             raise PruningError(f"{arg} is set by the driver for every level; leave it out")
@@ -143,11 +169,34 @@ class Driver:
     def finished(self, stage: Stage) -> bool:
         return os.path.isfile(os.path.join(self.dir(stage.name), ".done"))
 
+    def settings(self, stage: Stage):
+        """The stage's command without --train-command: what its results were made with."""
+        return self.command(stage)[len(shlex.split(self.args.train_command)):]
+
+    def check_settings(self) -> None:
+        """A stage made with other settings is never reused (nor continued): one error line says what changed."""
+        for stage in self.stages:
+            path = os.path.join(self.dir(stage.name), STAGE_FILE)
+            if not os.path.isfile(path):
+                continue
+            with open(path) as handle:
+                made_with = json.load(handle)["command"]
+            now = self.settings(stage)
+            if made_with != now:
+                before, after = _options(made_with), _options(now)
+                changed = [f"{k} {before.get(k, '(unset)')} there, {after.get(k, '(unset)')} here"
+                           for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+                raise PruningError(f"stage {stage.name} in {self.args.work_dir} was made with other settings "
+                                   f"({'; '.join(changed) or 'argument order'}): use another --work-dir")
+
     def train(self, stage: Stage, command) -> None:
         folder = self.dir(stage.name)
         os.makedirs(folder, exist_ok=True)
+        stage_file = os.path.join(folder, STAGE_FILE)
+        if not os.path.isfile(stage_file):
+            atomic_write_json({"command": self.settings(stage)}, stage_file)
         with open(os.path.join(folder, "train.log"), "a") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_dies_with(os.getpid()),
                                    env=dict(os.environ, PYTHONWARNINGS="ignore"))
         if code != 0:
             raise PruningError(f"stage {stage.name} failed (exit {code}); see {os.path.join(folder, 'train.log')}")
@@ -188,6 +237,30 @@ class Driver:
         return float(scores[-1]) if scores else None
 
 
+def _dies_with(parent: int):
+    """preexec_fn: the child gets SIGTERM when the driver dies, however it dies (Linux prctl)."""
+    def set_parent_death_signal():
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the driver died before prctl took effect
+            os._exit(1)
+    return set_parent_death_signal
+
+
+def _options(command):
+    """'--option' -> value ('' for a flag), positional arguments under their index."""
+    found, i = {}, 0
+    while i < len(command):
+        arg = command[i]
+        if arg.startswith("--"):
+            has_value = i + 1 < len(command) and not command[i + 1].startswith("--")
+            found[arg] = command[i + 1] if has_value else ""
+            i += 2 if has_value else 1
+        else:
+            found[f"argument {i + 1}"] = arg
+            i += 1
+    return found
+
+
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
@@ -197,7 +270,11 @@ def main(args):
         levels = parse_levels(args.levels)
         validate(args, levels)
         stages = plan_stages(args, levels)
-        os.makedirs(args.work_dir, exist_ok=True)
-        return Driver(args, stages).run()
+        if not args.dry_run:
+            os.makedirs(args.work_dir, exist_ok=True)
+            run_dir.lock(args.work_dir, "work dir")
+        driver = Driver(args, stages)
+        driver.check_settings()
+        return driver.run()
     except PruningError as err:
         sys.exit(f"fairseq-slt iterate: error: {err}")

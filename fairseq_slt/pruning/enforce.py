@@ -63,19 +63,26 @@ class MaskEnforcer:
             param = self.parameters[name]
             param.masked_fill_(~keep, 0.0)
 
-    @torch.no_grad()
-    def apply_to_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
-        """Zero the masked positions of other copies of the parameters (e.g. fp32 master weights)."""
+    def _masked_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]):
+        """(copy, its keep mask) for each copy of a masked parameter that has storage of its own."""
         by_param = {id(self.parameters[n]): keep for n, keep in self._device_masks.items()}
         for param, copy in copies:
             keep = by_param.get(id(param))
-            if keep is not None:
-                copy.masked_fill_(~keep.to(copy.device), 0.0)
+            if keep is not None and copy.data_ptr() != param.data_ptr():
+                yield copy, keep.to(copy.device)
 
     @torch.no_grad()
-    def masked_nonzero(self) -> int:
-        """Pruned positions whose weight is not exactly 0.0 (uses the device-resident masks)."""
-        return sum(int(((self.parameters[n] != 0) & ~keep).sum()) for n, keep in self._device_masks.items())
+    def apply_to_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+        """Zero the masked positions of other copies of the parameters (e.g. fp32 master weights)."""
+        for copy, keep in self._masked_copies(copies):
+            copy.masked_fill_(~keep, 0.0)
+
+    @torch.no_grad()
+    def masked_nonzero(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]] = ()) -> int:
+        """Pruned positions whose value is not exactly 0.0, in the parameters and in ``copies``
+        (e.g. fp32 master weights)."""
+        count = sum(int(((self.parameters[n] != 0) & ~keep).sum()) for n, keep in self._device_masks.items())
+        return count + sum(int(((copy != 0) & ~keep).sum()) for copy, keep in self._masked_copies(copies))
 
     def remove(self) -> None:
         for handle in self._hooks:

@@ -21,14 +21,16 @@ def allow_fairseq_globals() -> None:
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 
-def safe_load(path: str, what: str = "checkpoint") -> Any:
-    """``torch.load`` with ``weights_only=True``; every failure becomes one PruningError line."""
+def safe_load(path: str, what: str = "checkpoint", mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``; every failure becomes one PruningError line.
+
+    ``mmap``: map the file instead of reading it (only the tensors used are read from disk)."""
     if not path or not os.path.isfile(path):
         raise PruningError(f"{what} not found: {path}")
     # not the safe_globals() context manager: on exit it would drop the process-wide allow-list
     allow_fairseq_globals()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # any failure to unpickle (garbage bytes raise IndexError, KeyError, ...)
         foreign = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(err))
         if foreign:

@@ -1,4 +1,5 @@
 """``Mask``: a validated mapping parameter name -> bool tensor (True = weight kept)."""
+import hashlib
 from collections.abc import Mapping
 from typing import Dict, Iterator, Optional
 
@@ -8,7 +9,7 @@ import torch
 from .io import PruningError, atomic_save, atomic_write_json, safe_load
 
 MASK_FORMAT = "fairseq-slt-mask"
-MASK_VERSION = 1
+MASK_VERSION = 2  # 2: with a SHA-256 checksum of the packed bits; 1 (no checksum) is still read
 
 
 class Mask(Mapping):
@@ -75,20 +76,27 @@ class Mask(Mapping):
         """True when every weight kept here is kept in ``other`` too (masks only shrink)."""
         return set(self) == set(other) and all(bool((m & ~other[n]).sum() == 0) for n, m in self.items())
 
-    # persistence (bits are packed: 1 bit per weight on disk)
+    # persistence (bits are packed: 1 bit per weight on disk, with a checksum over names, shapes and bits)
     def state_dict(self) -> dict:
         packed = {}
         for name, m in self._tensors.items():
             bits = np.packbits(m.reshape(-1).numpy())
             packed[name] = {"shape": list(m.shape), "bits": torch.from_numpy(bits)}
-        return {"format": MASK_FORMAT, "version": MASK_VERSION, "masks": packed}
+        return {"format": MASK_FORMAT, "version": MASK_VERSION, "masks": packed, "sha256": _checksum(packed)}
 
     @classmethod
     def from_state_dict(cls, state, source: str = "mask") -> "Mask":
         if not isinstance(state, dict) or state.get("format") != MASK_FORMAT or not isinstance(state.get("masks"), dict):
             raise PruningError(f"{source} is not a fairseq-slt mask")
-        if state.get("version") != MASK_VERSION:
+        if state.get("version") not in (1, MASK_VERSION):
             raise PruningError(f"{source} has mask version {state.get('version')}, expected {MASK_VERSION}")
+        if state.get("version") == MASK_VERSION:
+            try:
+                intact = state.get("sha256") == _checksum(state["masks"])
+            except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+                intact = False
+            if not intact:
+                raise PruningError(f"{source} is corrupt: its checksum does not match its content")
         tensors = {}
         for name, entry in state["masks"].items():
             try:
@@ -110,3 +118,12 @@ class Mask(Mapping):
     @classmethod
     def load(cls, path: str) -> "Mask":
         return cls.from_state_dict(safe_load(path, "mask file"), source=f"mask file {path}")
+
+
+def _checksum(packed: Mapping) -> str:
+    """SHA-256 over every entry's name, shape and packed bits, in order."""
+    digest = hashlib.sha256()
+    for name, entry in packed.items():
+        digest.update(f"{name}\0{list(entry['shape'])}\0".encode())
+        digest.update(entry["bits"].numpy().tobytes())
+    return digest.hexdigest()

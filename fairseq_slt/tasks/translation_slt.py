@@ -1,15 +1,23 @@
 """The ``translation_slt`` task: fairseq's translation task plus lottery-ticket pruning options."""
+import hashlib
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fairseq import checkpoint_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
 from .. import clean_exit
 from ..pruning import PruningError
-from ..pruning_run import METHODS, PruningRun, validate_options
+from ..pruning_run import METHODS, Phase, PruningRun, validate_options
+from ..run_dir import LAST
+
+logger = logging.getLogger(__name__)
+RESETS = ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_dataloader")
 
 
 @dataclass
@@ -46,6 +54,10 @@ class TranslationSLTConfig(TranslationConfig):
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
     distributed_rank: int = II("distributed_training.distributed_rank")
+    distributed_world_size: int = II("distributed_training.distributed_world_size")
+    ddp_backend: str = II("distributed_training.ddp_backend")
+    cpu: bool = II("common.cpu")
+    seed: int = II("common.seed")
 
 
 def _user_error(err: PruningError) -> SystemExit:
@@ -81,10 +93,31 @@ class TranslationSLTTask(TranslationTask):
                     torch.manual_seed(self.cfg.prune_seed)
                     fresh_init = super().build_model(cfg, from_checkpoint).state_dict()
             try:
-                self.pruning = PruningRun(self.cfg, model, self._full_config, fresh_init)
+                self.pruning = PruningRun(self.cfg, model, self._full_config, fresh_init, self.dictionary_digest())
             except PruningError as err:
                 raise _user_error(err) from None
+            if self.pruning.resumed_from == os.path.join(self.cfg.save_dir, LAST):
+                self._resume_own_checkpoint()
         return model
+
+    def dictionary_digest(self) -> str:
+        """Identifies the source and target dictionaries (entries and order, not only their sizes)."""
+        digest = hashlib.sha256()
+        for dictionary in (self.src_dict, self.tgt_dict):
+            digest.update("\n".join(dictionary.symbols).encode() + b"\0")
+        return digest.hexdigest()[:16]
+
+    def _resume_own_checkpoint(self) -> None:
+        """A rerun of a command with --restore-file OTHER resumes this run's own checkpoint_last.pt, with its
+        optimizer, schedule, data position and best loss (fairseq would load OTHER again and start over)."""
+        root = self.cfg._get_root() if OmegaConf.is_config(self.cfg) else None
+        checkpoint = getattr(root, "checkpoint", None)
+        if checkpoint is None or checkpoint.restore_file == LAST:
+            return
+        logger.info(f"resuming this run's own {LAST} (--restore-file {checkpoint.restore_file} only started it)")
+        checkpoint.restore_file = LAST
+        for reset in RESETS:
+            setattr(checkpoint, reset, False)
 
     def _full_config(self) -> dict:
         """The whole training configuration, as fairseq stores it in checkpoints."""
@@ -97,8 +130,10 @@ class TranslationSLTTask(TranslationTask):
             self.pruning.epoch = epoch
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if self.pruning is not None:
-            self.pruning.start(update_num, optimizer)
+        if self.pruning is not None and self.pruning.start(update_num, optimizer) is Phase.NEW:
+            # a new run tracks its own best loss, not one inherited from a --restore-file of another run
+            if hasattr(checkpoint_utils.save_checkpoint, "best"):
+                del checkpoint_utils.save_checkpoint.best
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def optimizer_step(self, optimizer, model, update_num):

@@ -1,0 +1,101 @@
+"""A save dir belongs to one run: a lock while a run is live, and the run's identity in ``run.json``.
+
+The identity is what makes a run this run (method, sparsity, sources, schedule, controls, seeds,
+dictionaries). A command whose identity differs from the one recorded in its save dir is refused
+before anything is written. No fairseq import here.
+"""
+import fcntl
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+from .checkpoints import Checkpoint
+from .pruning import PruningError, atomic_write_json
+
+MANIFEST = "run.json"
+LAST = "checkpoint_last.pt"
+# identity key -> the command-line option a user would change
+OPTIONS = {
+    "method": "--prune-method", "mask_from": "--prune-mask-from", "rewind_from": "--prune-rewind-from",
+    "prune_sparsity": "--prune-sparsity", "prune_scope": "--prune-scope", "prune_params": "--prune-params",
+    "prune_initial_sparsity": "--prune-initial-sparsity", "prune_start": "--prune-start", "prune_end": "--prune-end",
+    "prune_frequency": "--prune-frequency", "prune_random_mask": "--prune-random-mask",
+    "prune_reinit": "--prune-reinit", "prune_clt_random_signs": "--prune-clt-random-signs",
+    "prune_seed": "--prune-seed", "seed": "--seed", "dictionaries": "the data's dictionaries",
+}
+
+_held = {}  # path -> fd: locks live as long as the process
+
+
+def lock(folder: str, what: str = "save dir") -> None:
+    """Exclusive lock on ``folder`` for this process's life (flock on the folder itself: no file written).
+
+    Released by the kernel when the process ends, however it ends."""
+    path = os.path.realpath(folder)
+    if path in _held:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PruningError(f"{what} {folder} is in use by another live run; wait for it to end or use another "
+                           f"{what}") from None
+    _held[path] = fd
+
+
+def recorded_identity(save_dir: str) -> Optional[dict]:
+    """The identity of the run that owns ``save_dir``: from run.json, else from its checkpoint_last.pt
+    (dirs written before run.json existed: its stored options; a checkpoint without plugin state is a
+    dense run). None for a dir no run has claimed yet."""
+    manifest = os.path.join(save_dir, MANIFEST)
+    if os.path.isfile(manifest):
+        try:
+            with open(manifest) as handle:
+                return json.load(handle)["identity"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise PruningError(f"{manifest} is unreadable; it records which run owns {save_dir}") from None
+    last = os.path.join(save_dir, LAST)
+    if os.path.isfile(last):
+        state = Checkpoint(last, "checkpoint", mmap=True).task_state
+        return state.get("identity") or state.get("fingerprint") or {"method": "none"}
+    return None
+
+
+def differences(recorded: dict, current: dict) -> List[str]:
+    """'--option: A in the save dir, B here' for each identity key both know and that differs."""
+    lines = []
+    for key in [k for k in current if k in recorded]:
+        if recorded[key] != current[key]:
+            lines.append(f"{OPTIONS.get(key, key)} {_show(recorded[key])} there, {_show(current[key])} here")
+    return lines
+
+
+def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
+    """Lock the save dir (rank 0) and check that it belongs to this run; True when it already does
+    (a run to resume), False for a dir nobody has claimed. Writes nothing."""
+    if is_master:
+        lock(save_dir)
+    recorded = recorded_identity(save_dir)
+    if recorded is None:
+        return False
+    changed = differences(recorded, identity)
+    if changed:
+        raise PruningError(f"--save-dir {save_dir} belongs to another run ({'; '.join(changed)}): use another "
+                           "--save-dir, or the options that run was started with")
+    return True
+
+
+def write_manifest(save_dir: str, identity: dict) -> None:
+    """Record the run's identity (once: an existing manifest of the same run is kept as it is)."""
+    path = os.path.join(save_dir, MANIFEST)
+    if os.path.isfile(path):
+        return
+    atomic_write_json({"format": "fairseq-slt-run", "version": 1, "identity": identity,
+                       "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, path)
+
+
+def _show(value) -> str:
+    return "none" if value is None else str(value)
