@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,17 +71,17 @@ def tool_path(tool):
     return os.path.join(SHIMS if tool in LAUNCHED else BIN, tool)
 
 
-def run_tool(tool, *args, cwd=None, check=True):
-    result = subprocess.run([tool_path(tool), *map(str, args)], cwd=cwd or ROOT, env=env(),
+def run_tool(tool, *args, cwd=None, check=True, extra_env=None):
+    result = subprocess.run([tool_path(tool), *map(str, args)], cwd=cwd or ROOT, env={**env(), **(extra_env or {})},
                             capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
-def train(data, save_dir, *extra, check=True, max_update=12, model=TINY_MODEL, cwd=None):
+def train(data, save_dir, *extra, check=True, max_update=12, model=TINY_MODEL, cwd=None, extra_env=None):
     return run_tool("fairseq-train", *train_args(data, save_dir, *extra, max_update=max_update, model=model),
-                    check=check, cwd=cwd)
+                    check=check, cwd=cwd, extra_env=extra_env)
 
 
 def train_args(data, save_dir, *extra, max_update=12, model=TINY_MODEL):
@@ -118,6 +119,34 @@ def train_killed_when(data, save_dir, appears, *extra, max_update=12):
     output = process.communicate()[0]
     wait_until_unlocked(save_dir)
     return output
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_ranks(data, save_dir, *extra, world_size=2, max_update=12, timeout=300):
+    """fairseq-train as ``world_size`` CPU processes over gloo on 127.0.0.1 (one per rank); their results."""
+    port, processes = free_port(), []
+    for rank in range(world_size):
+        args = train_args(data, save_dir, *extra, "--distributed-world-size", world_size, "--distributed-rank", rank,
+                          "--distributed-no-spawn", "--distributed-backend", "gloo",
+                          "--distributed-init-method", f"tcp://127.0.0.1:{port}", max_update=max_update)
+        processes.append(subprocess.Popen([tool_path("fairseq-train"), *map(str, args)], cwd=ROOT, env=env(),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
 
 
 def load(path):
