@@ -158,6 +158,17 @@ def log_values(stdout, key):
     return [float(v) for v in re.findall(rf"\b{key}[ =]([-\d.e]+)", stdout)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_dir_is_this_checkout(launcher):
+    """'--user-dir fairseq_slt' (relative) resolves beside fairseq's package: link it to this checkout, so no test
+    depends on which checkout the virtualenv's link pointed at before."""
+    import fairseq
+
+    run_tool("fairseq-slt", "link-user-dir")
+    beside = os.path.join(os.path.dirname(os.path.dirname(fairseq.__file__)), "fairseq_slt")
+    assert os.path.realpath(beside) == os.path.realpath(USER_DIR), f"{beside} is not this checkout's plugin"
+
+
 @pytest.fixture(scope="session")
 def data_bin(tmp_path_factory):
     out = tmp_path_factory.mktemp("multi30k")

@@ -1,6 +1,7 @@
 """Every bad input: one clear error line before training, nothing written, existing files untouched."""
 import os
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,7 +24,7 @@ def _variant(source, path, change):
 
 
 @pytest.fixture(scope="module")
-def bad_files(dense_run, slt_run, tmp_path_factory):
+def bad_files(data_bin, dense_run, slt_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
     dense = dense_run["best"]
 
@@ -39,6 +40,16 @@ def bad_files(dense_run, slt_run, tmp_path_factory):
         state["extra_state"][TASK_KEY] = {"mask": {"format": "fairseq-slt-mask", "version": 1,
                                                    "masks": {"encoder.embed_tokens.weight": {"shape": [3]}}}}
 
+    # the same data, its dictionaries with two entries swapped: equal sizes, other vocabulary
+    other_data = folder / "other-vocab"
+    shutil.copytree(data_bin, other_data)
+    for name in os.listdir(other_data):
+        if name.startswith("dict."):
+            lines = (other_data / name).read_text().splitlines(keepends=True)
+            lines[10], lines[11] = lines[11], lines[10]
+            (other_data / name).write_text("".join(lines))
+    train(str(other_data), str(folder / "other-vocab-run"), "--prune-method", "none", max_update=1)
+
     garbage = folder / "garbage.pt"
     garbage.write_bytes(os.urandom(4096))
     return {
@@ -47,6 +58,7 @@ def bad_files(dense_run, slt_run, tmp_path_factory):
         "evil": _variant(dense, str(folder / "evil.pt"), lambda s: s.update(evil=Evil())),
         "broken_mask": _variant(dense, str(folder / "broken_mask.pt"), broken_mask),
         "garbage": str(garbage),
+        "other_vocab": str(folder / "other-vocab-run" / "checkpoint_last.pt"),
         "slt80": slt_run["best"],
     }
 
@@ -68,6 +80,12 @@ def cases(dense, bad):
         "unknown method": (["--prune-method", "magic"], "--prune-method must be one of"),
         "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "
                                                       r"\(1008, 32\) \(different architecture or vocabulary\?\)"),
+        "same size, other vocabulary": (slt(mask=bad["other_vocab"]), "--prune-mask-from checkpoint .* was trained "
+                                        r"with other dictionaries than this run's data \(same sizes, other entries\)"),
+        "mp end beyond the run": (["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-end", "20"],
+                                  "--prune-end 20 is beyond the run's --max-update 12: the run would stop before"),
+        "unknown scope": (["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-end", "10", "--prune-scope",
+                           "bogus"], "--prune-scope must be one of layer, global, got 'bogus'"),
         "other architecture": (slt(rewind=bad["arch"]), "does not match the model: unexpected encoder.layers.1"),
         "pickled global": (slt(mask=bad["evil"]), "refusing to load --prune-mask-from checkpoint .*pickled global"),
         "corrupt checkpoint": (slt(rewind=bad["garbage"]), "cannot read --prune-rewind-from checkpoint"),

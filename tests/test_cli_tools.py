@@ -68,3 +68,20 @@ def test_wheel_installs_the_package_beside_fairseq(tmp_path):
         assert module in names  # top-level in site-packages, beside fairseq/
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "fairseq-slt = fairseq_slt.cli.main:main" in zipfile.ZipFile(tmp_path / wheel).read(entry_points).decode()
+
+
+def test_analyze_signs_refuses_checkpoints_of_other_architectures(slt_run, tmp_path):
+    rewind = os.path.join(slt_run["dir"], "checkpoint_rewind_4.pt")
+    deeper = load(rewind)
+    for key in [k for k in deeper["model"] if k.startswith("encoder.layers.0.")]:
+        deeper["model"][key.replace("layers.0.", "layers.1.")] = deeper["model"][key].clone()
+    deeper_path = str(tmp_path / "deeper.pt")
+    torch.save(deeper, deeper_path)
+    for trained, other, message in (
+            (slt_run["best"], deeper_path, f"REWIND checkpoint {deeper_path} does not match the model: unexpected "
+                                           "encoder.layers.1."),
+            (deeper_path, rewind, f"REWIND checkpoint {rewind} does not match the model: it has no encoder.layers.1.")):
+        result = run_tool("fairseq-slt", "analyze", slt_run["best"], "--signs", trained, other, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith(f"fairseq-slt analyze: error: {message}"), lines[0]

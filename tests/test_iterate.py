@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import BIN, TINY_MODEL, TRAINING, env, load, run_tool, tool_path
+from conftest import BIN, TINY_MODEL, TRAINING, env, load, run_tool, tool_path, wait_until_unlocked
 from fairseq_slt.cli.main import main as cli_main
 from fairseq_slt.pruning import Mask, pruned_count
 
@@ -29,17 +29,41 @@ def start_weights_equal(run_dir, rewind_path, mask):
     return True
 
 
+def processes_naming(text):
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if text.encode() in handle.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def test_two_levels_rewind_to_the_previous_level_and_resume_after_a_kill(data_bin, tmp_path):
     work = str(tmp_path / "iterate")
-    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin) + ["--save-interval-updates", "2"]
+    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin, max_update=30) + [
+        "--save-interval-updates", "2"]
     process = subprocess.Popen([os.path.join(BIN, "fairseq-slt"), *args], env=env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    target = os.path.join(work, "slt_0.8", "checkpoint_last.pt")
+    stage_dir = os.path.join(work, "slt_0.8")
+    target = os.path.join(stage_dir, "checkpoint_last.pt")
     deadline = time.time() + 300
     while not os.path.exists(target) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver and its fairseq-train, mid-level
+        time.sleep(0.02)
+    assert process.poll() is None
+    second = run_tool("fairseq-slt", *args, check=False)  # a second driver on the live work dir
+    assert second.returncode != 0 and second.stderr.strip().splitlines() == [
+        f"fairseq-slt iterate: error: work dir {work} is in use by another live run; wait for it to end or use "
+        "another work dir"]
+    os.kill(process.pid, signal.SIGKILL)  # the driver alone: its fairseq-train must end with it
     first_output = process.communicate()[0]
+    wait_until_unlocked(stage_dir, timeout=30)
+    assert processes_naming(stage_dir) == []
+    stopped_at = load(target)["optimizer_history"][-1]["num_updates"]
+    assert stopped_at < 30  # the trainer did not go on to the end on its own
     assert "[2/3] slt_0.5: done" in first_output and "[3/3] slt_0.8: done" not in first_output
     assert not os.path.exists(os.path.join(work, "slt_0.8", ".done"))
 
@@ -71,6 +95,16 @@ def test_rewind_to_the_dense_run_and_lt(data_bin, dense_run, tmp_path):
     assert m6.within(Mask.load(os.path.join(work, "slt_0.3", "mask.pt")))
     assert start_weights_equal(os.path.join(work, "slt_0.6"), dense_run["rewind4"], m6)
     assert not os.path.exists(os.path.join(work, "dense"))  # the given dense run was used
+    # the same command again: every stage is reused; with another --max-update none is
+    again = run_tool("fairseq-slt", *driver_args(work, "--levels", "0.3,0.6", "--rewind-k", "4", "--rewind-source",
+                                                "dense", "--dense-dir", dense_run["dir"], data=data_bin, max_update=4))
+    assert "[1/2] slt_0.3: finished, skipped" in again.stdout and "[2/2] slt_0.6: finished, skipped" in again.stdout
+    changed = run_tool("fairseq-slt", *driver_args(work, "--levels", "0.3,0.6", "--rewind-k", "4", "--rewind-source",
+                                                  "dense", "--dense-dir", dense_run["dir"], data=data_bin, max_update=6),
+                       check=False)
+    assert changed.returncode != 0 and changed.stderr.strip().splitlines() == [
+        f"fairseq-slt iterate: error: stage slt_0.3 in {work} was made with other settings (--max-update 4 there, "
+        "6 here): use another --work-dir"]
     work = str(tmp_path / "lt")
     run_tool("fairseq-slt", *driver_args(work, "--levels", "0.4", "--method", "lt", "--dense-dir", dense_run["dir"],
                                         data=data_bin, max_update=4))
@@ -116,6 +150,9 @@ def test_driver_bad_inputs_fail_before_training(data_bin, tmp_path):
         ("--levels", "0.5", "--rewind-k", "4", "--combine", "slt-mp", "--intermediate", "0.7", "--mp-end", "6"):
             "--prune-initial-sparsity 0.7 is above the final",
         ("--levels", "0.5", "--rewind-k", "4", "--dense-dir", "/nonexistent"): "--dense-dir lacks",
+        ("--levels", "0.5", "--rewind-k", "50"): "--rewind-k 50 is beyond --max-update 12: every run stops before",
+        ("--levels", "0.5,0.9", "--rewind-k", "4", "--combine", "slt-mp", "--intermediate", "0.5", "--mp-end", "20"):
+            "--mp-end 20 is beyond --max-update 12",
     }
     for options, message in cases.items():  # in-process: the console script's own main()
         with pytest.raises(SystemExit) as stop:
@@ -123,6 +160,8 @@ def test_driver_bad_inputs_fail_before_training(data_bin, tmp_path):
         assert str(stop.value.code).startswith("fairseq-slt iterate: error: "), options
         assert "\n" not in str(stop.value.code) and re.search(message, str(stop.value.code)), (options, stop.value)
         assert not os.path.exists(work)
+    dry = run_tool("fairseq-slt", *driver_args(work, "--levels", "0.5", "--rewind-k", "4", "--dry-run", data=data_bin))
+    assert "--prune-method slt" in dry.stdout and not os.path.exists(work)  # a dry run creates nothing
     result = run_tool("fairseq-slt", "iterate", "--work-dir", work, "--levels", "0.5", "--rewind-k", "4", "--",
                       data_bin, "--save-dir", "x", check=False)
     assert result.returncode != 0 and not os.path.exists(work)

@@ -1,10 +1,12 @@
-"""Rewound weights reach fairseq's fp32 master copies (fp16 training)."""
+"""Rewound weights reach fairseq's fp32 master copies, and pruned positions stay 0 there (fp16 training)."""
+import os
 from types import SimpleNamespace
 
 import torch
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from omegaconf import OmegaConf
 
+from conftest import load, log_values, train
 from fairseq_slt.master_weights import master_copies, sync_master_weights
 from fairseq_slt.pruning import Mask, MaskEnforcer, magnitude_mask
 
@@ -80,3 +82,35 @@ def test_flat_master_buffers_are_zeroed_at_each_parameters_masked_positions():
     enforcer.set_mask(Mask({"weight": torch.tensor([[True, False, True], [False, True, False]])}))
     enforcer.apply_to_copies(master_copies(holder))
     assert holder.fp32_params["cpu"].tolist() == [1, 0, 3, 0, 5, 0, 7, 8]
+
+
+FP16 = ["--fp16", "--fp16-no-flatten-grads"]  # real fp16 training on CPU: fp16 model, fp32 master copies
+
+
+def test_fp16_training_keeps_pruned_positions_zero_in_the_model_and_the_fp32_masters(data_bin, dense_run, tmp_path):
+    """masked_nonzero counts the model and the optimizer's fp32 masters; the weights are checked here too."""
+    slt = str(tmp_path / "slt16")
+    result = train(data_bin, slt, *FP16, "--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from",
+                   dense_run["best"], "--prune-rewind-from", dense_run["rewind4"], "--save-rewind-points", "0,1",
+                   max_update=6)
+    assert "copied the rewound weights into the optimizer's fp32 master weights" in result.stdout
+    assert "loss_scale" in result.stdout and set(log_values(result.stdout, "masked_nonzero")) == {0.0}
+    mask = Mask.load(os.path.join(slt, "mask.pt"))
+    after1 = load(os.path.join(slt, "checkpoint_rewind_1.pt"))["model"]
+    theta4, theta0 = load(dense_run["rewind4"])["model"], load(dense_run["rewind0"])["model"]
+    for name, keep in mask.items():
+        assert after1[name].dtype == torch.float16 and int((after1[name][~keep] != 0).sum()) == 0, name
+        # one update after the rewind the weights sit at theta_4, not at the initialisation the masters began with
+        to_rewind = float((after1[name].float() - theta4[name])[keep].abs().mean())
+        to_init = float((after1[name].float() - theta0[name])[keep].abs().mean())
+        assert to_rewind < to_init / 4, (name, to_rewind, to_init)
+    last = load(os.path.join(slt, "checkpoint_last.pt"))["model"]
+    assert all(int((last[n][~k] != 0).sum()) == 0 for n, k in mask.items())
+
+    mp = str(tmp_path / "mp16")
+    result = train(data_bin, mp, *FP16, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2",
+                   "--prune-end", "8", "--prune-frequency", "2", max_update=10)
+    assert set(log_values(result.stdout, "masked_nonzero")) == {0.0} and max(log_values(result.stdout, "sparsity")) > 0.79
+    mask = Mask.load(os.path.join(mp, "mask.pt"))
+    last = load(os.path.join(mp, "checkpoint_last.pt"))["model"]
+    assert all(int((last[n][~k] != 0).sum()) == 0 for n, k in mask.items())

@@ -163,12 +163,19 @@ def test_mp_initial_sparsity_prunes_the_weights_the_run_starts_with(data_bin, de
     train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-initial-sparsity", "0.5",
           "--prune-start", "0", "--prune-end", "4", "--prune-frequency", "2", "--restore-file", dense_run["last"],
           "--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
-          "--save-rewind-points", "0,4", max_update=4)
+          "--save-rewind-points", "0,2,4", max_update=4)
     start, start_model = mask_at(save, 0)
     dense = load(dense_run["last"])["model"]
     expected = magnitude_mask({n: dense[n] for n in start}, 0.5)
     assert all(torch.equal(start[n], expected[n]) for n in start)
     assert all(torch.equal(start_model[n], dense[n] * start[n]) for n in start)
+    # mid-schedule with s_0 = 0.5: s_2 = s_T + (s_0 - s_T) (1 - (2 - 0) / (4 - 0))^3, written out here
+    middle, _ = mask_at(save, 2)
+    s_2 = 0.8 + (0.5 - 0.8) * (1 - 2 / 4) ** 3
+    assert abs(s_2 - 0.7625) < 1e-12
+    for name, keep in middle.items():
+        assert int((~keep).sum()) == int(s_2 * keep.numel() + 0.5), name
+    assert middle.within(start)
     final, _ = mask_at(save, 4)
-    assert final.within(start)
+    assert final.within(middle)
     assert_layers_at(final, 0.8)

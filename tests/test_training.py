@@ -5,7 +5,7 @@ import shutil
 
 import torch
 
-from conftest import USER_DIR, load, log_values, run_tool, train
+from conftest import load, log_values, run_tool, train
 from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 
@@ -42,11 +42,13 @@ def test_rewind_points_are_the_exact_weights_before_update_1_and_after_update_k(
     for name, tensor in theta4["model"].items():
         assert torch.equal(tensor, after4[name]), name
     assert any(not torch.equal(theta0["model"][n], theta4["model"][n]) for n in theta0["model"])
-    # a rewind point is a regular fairseq checkpoint: fairseq-train can restore from it
+    # a rewind point is a regular fairseq checkpoint: fairseq-train restores its weights (and starts at update 0
+    # with --reset-optimizer, so this run's own rewind point 0 is exactly what it restored)
     restored = str(tmp_path / "restored")
-    result = train(data_bin, restored, "--prune-method", "none", "--restore-file", dense_run["rewind4"],
-                   "--reset-dataloader", "--reset-meters", max_update=2)
-    assert "Loaded checkpoint" in result.stdout
+    train(data_bin, restored, "--prune-method", "none", "--restore-file", dense_run["rewind4"], "--reset-optimizer",
+          "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler", "--save-rewind-points", "0", max_update=2)
+    start = load(os.path.join(restored, "checkpoint_rewind_0.pt"))["model"]
+    assert all(torch.equal(start[n], theta4["model"][n]) for n in theta4["model"])
 
 
 def test_slt_mask_is_exact_per_layer_and_start_weights_are_the_rewind_point(dense_run, slt_run):
@@ -59,6 +61,11 @@ def test_slt_mask_is_exact_per_layer_and_start_weights_are_the_rewind_point(dens
         assert int((~keep).sum()) == pruned_count(0.8, keep.numel()), name
     expected = magnitude_mask({n: dense[n] for n in mask}, 0.8)
     assert all(torch.equal(expected[n], mask[n]) for n in mask)
+    for name, keep in mask.items():  # an independent reference: a stable sort by magnitude, lowest 80 % pruned
+        order = torch.sort(dense[name].abs().reshape(-1), stable=True).indices
+        reference = torch.ones(keep.numel(), dtype=torch.bool)
+        reference[order[: round(0.8 * keep.numel())]] = False
+        assert torch.equal(reference.view(keep.shape), keep), name
     # this run's update-0 weights are theta_4 of the dense run, times the mask, exactly
     theta4, start = load(dense_run["rewind4"])["model"], load(os.path.join(slt_run["dir"], "checkpoint_rewind_0.pt"))
     for name, tensor in start["model"].items():
@@ -75,9 +82,10 @@ def test_slt_mask_is_exact_per_layer_and_start_weights_are_the_rewind_point(dens
 
 def test_lt_rewinds_to_theta0_and_global_scope(data_bin, dense_run, tmp_path):
     save = str(tmp_path / "lt")
+    # another seed than the dense run's: without the rewind, its start weights would be another initialisation
     train(data_bin, save, "--prune-method", "lt", "--prune-sparsity", "0.5", "--prune-scope", "global",
           "--prune-mask-from", dense_run["best"], "--prune-rewind-from", dense_run["rewind0"],
-          "--save-rewind-points", "0", "--prune-params", r"layers\.", max_update=4)
+          "--save-rewind-points", "0", "--prune-params", r"layers\.", "--seed", "2", max_update=4)
     mask = Mask.load(os.path.join(save, "mask.pt"))
     assert EMBED not in mask and all("layers." in n for n in mask)
     dense = load(dense_run["best"])["model"]
@@ -86,6 +94,11 @@ def test_lt_rewinds_to_theta0_and_global_scope(data_bin, dense_run, tmp_path):
     start, theta0 = load(os.path.join(save, "checkpoint_rewind_0.pt"))["model"], load(dense_run["rewind0"])["model"]
     assert all(torch.equal(start[n], masked_reference(theta0, mask, n)) for n in start)
     assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), mask)
+    # the same run without rewinding would have started elsewhere: seed 2's initialisation differs from theta_0
+    unrewound = str(tmp_path / "seed2")
+    train(data_bin, unrewound, "--prune-method", "none", "--seed", "2", "--save-rewind-points", "0", max_update=1)
+    seed2 = load(os.path.join(unrewound, "checkpoint_rewind_0.pt"))["model"]
+    assert not torch.equal(seed2["encoder.layers.0.fc1.weight"], theta0["encoder.layers.0.fc1.weight"])
 
 
 def test_update_freq_and_restored_dense_optimizer_keep_masked_weights_zero(data_bin, dense_run, tmp_path):
@@ -142,7 +155,6 @@ def test_generate_scores_every_checkpoint_kind_with_sacrebleu_from_any_folder(da
                           "--path", checkpoint, "--beam", 2, "--batch-size", 64, "--max-len-b", 20,
                           "--remove-bpe", "sentencepiece", "--scoring", "sacrebleu", "--cpu", cwd=str(tmp_path))
         assert re.search(r"Generate test with beam=2: BLEU = \d+\.\d+ ", result.stdout), result.stdout[-500:]
-    assert os.path.isdir(USER_DIR)
 
 
 def test_stock_fairseq_loads_a_pruned_checkpoint(data_bin, slt_run):
