@@ -1,4 +1,5 @@
 """``fairseq-slt iterate``: levels, rewinding, resume after a kill, SLT-MP and MP-SLT."""
+import fcntl
 import json
 import os
 import re
@@ -44,26 +45,34 @@ def processes_naming(text):
 
 def test_two_levels_rewind_to_the_previous_level_and_resume_after_a_kill(data_bin, tmp_path):
     work = str(tmp_path / "iterate")
-    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin, max_update=30) + [
-        "--save-interval-updates", "2"]
+    # 200 updates (about 5 s here): the trainer is killed at its first checkpoint, far from its end
+    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin, max_update=200) + [
+        "--save-interval-updates", "10"]
+    os.makedirs(work)
+    holder = os.open(work, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live driver holds it
+    try:
+        second = run_tool("fairseq-slt", *args, check=False)
+    finally:
+        os.close(holder)
+    assert second.returncode != 0 and second.stderr.strip().splitlines() == [
+        f"fairseq-slt iterate: error: work dir {work} is in use by another live run; wait for it to end or use "
+        "another work dir"]
+    assert os.listdir(work) == []
     process = subprocess.Popen([os.path.join(BIN, "fairseq-slt"), *args], env=env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     stage_dir = os.path.join(work, "slt_0.8")
     target = os.path.join(stage_dir, "checkpoint_last.pt")
     deadline = time.time() + 300
     while not os.path.exists(target) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert process.poll() is None
-    second = run_tool("fairseq-slt", *args, check=False)  # a second driver on the live work dir
-    assert second.returncode != 0 and second.stderr.strip().splitlines() == [
-        f"fairseq-slt iterate: error: work dir {work} is in use by another live run; wait for it to end or use "
-        "another work dir"]
     os.kill(process.pid, signal.SIGKILL)  # the driver alone: its fairseq-train must end with it
     first_output = process.communicate()[0]
     wait_until_unlocked(stage_dir, timeout=30)
     assert processes_naming(stage_dir) == []
     stopped_at = load(target)["optimizer_history"][-1]["num_updates"]
-    assert stopped_at < 30  # the trainer did not go on to the end on its own
+    assert stopped_at < 200  # the trainer did not go on to the end on its own
     assert "[2/3] slt_0.5: done" in first_output and "[3/3] slt_0.8: done" not in first_output
     assert not os.path.exists(os.path.join(work, "slt_0.8", ".done"))
 
