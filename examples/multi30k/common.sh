@@ -34,3 +34,21 @@ slt_train() {
 
 # a stage runs once: it is skipped when its marker exists
 done_marker() { echo "$1/.done"; }
+
+# What a stage's results depend on. A stage folder records them when it starts; a rerun with other
+# settings stops with one line instead of reusing (or continuing) what was made otherwise.
+SETTINGS=$(printf '%s\n' "SRC=$SRC" "TGT=$TGT" "VOCAB_SIZE=$VOCAB_SIZE" "MAX_UPDATE=$MAX_UPDATE" \
+  "REWIND_K=$REWIND_K" "ARCH_ARGS=$ARCH_ARGS" "TRAIN_ARGS=$TRAIN_ARGS")
+claim_stage() {  # DIR [SETTINGS]
+  local dir="$1" want="${2:-$SETTINGS}" file="$1/recipe-settings.txt"
+  mkdir -p "$dir"
+  if [ -f "$file" ]; then
+    if [ "$(cat "$file")" != "$want" ]; then
+      echo "error: $dir was made with other settings ($(diff <(cat "$file") <(echo "$want") | grep '^[<>]' \
+        | sed 's/^< \(.*\)/\1 there/; s/^> \(.*\)/\1 here/' | paste -sd ';' - | sed 's/;/; /g')): use another WORK" >&2
+      exit 1
+    fi
+  else
+    echo "$want" > "$file.part" && mv "$file.part" "$file"
+  fi
+}
