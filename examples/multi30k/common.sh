@@ -8,12 +8,17 @@ ROOT="$(cd "$RECIPE_DIR/../.." && pwd)"
 : "${MULTI30K_DIR:=$ROOT/../shared/data/multi30k}"  # local <split>.<lang>.gz; otherwise downloaded
 : "${WORK:=$ROOT/runs/multi30k}"                     # data and runs go here
 : "${SRC:=en}" "${TGT:=de}" "${VOCAB_SIZE:=4000}"
+: "${PREPARE_ARGS:=}"                                 # e.g. --train-lines 2000 --eval-lines 100 (a small slice)
 : "${MAX_UPDATE:=1000}"                               # updates per training run
 : "${REWIND_K:=$(( MAX_UPDATE / 20 ))}"               # theta_k: about 5 % of training, as in the paper
 : "${SPARSITY:=0.8}"
+: "${LEVELS:=0.5 0.8 0.9 0.95}"                       # the table's sparsities (run_table.sh)
+: "${MP_START:=0}" "${MP_END:=$(( MAX_UPDATE * 4 / 5 ))}" "${MP_FREQ:=$(( MAX_UPDATE / 50 ))}"  # the paper's, scaled
+: "${INTERMEDIATE:=0.5}"                              # s_i of SLT-MP and MP-SLT
 : "${THREADS:=2}"
 : "${BEAM:=5}"
 : "${USER_DIR:=$ROOT/fairseq_slt}"
+: "${TRAIN_COMMAND:=fairseq-train}" "${GENERATE_COMMAND:=fairseq-generate}"  # e.g. a cluster wrapper
 : "${ARCH_ARGS:=--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings --dropout 0.1}"
 : "${TRAIN_ARGS:=--optimizer adam --adam-betas (0.9,0.98) --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 200 --weight-decay 0.0001 --label-smoothing 0.1 --max-tokens 4096 --cpu --num-workers 0 --no-epoch-checkpoints --no-progress-bar --log-interval 50 --log-format simple --seed 1}"
 
@@ -28,7 +33,8 @@ export OMP_NUM_THREADS="$THREADS" PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}" PYT
 # fairseq-train with the plugin; the caller adds the run's own options
 slt_train() {
   # shellcheck disable=SC2086
-  fairseq-train "$DATA" --user-dir "$USER_DIR" --task translation_slt \
+  # shellcheck disable=SC2086
+  $TRAIN_COMMAND "$DATA" --user-dir "$USER_DIR" --task translation_slt \
     --criterion label_smoothed_cross_entropy_slt $ARCH_ARGS $TRAIN_ARGS --max-update "$MAX_UPDATE" "$@"
 }
 
@@ -37,6 +43,7 @@ done_marker() { echo "$1/.done"; }
 
 # What a stage's results depend on. A stage folder records them when it starts; a rerun with other
 # settings stops with one line instead of reusing (or continuing) what was made otherwise.
+DATA_SETTINGS=$(printf '%s\n' "SRC=$SRC" "TGT=$TGT" "VOCAB_SIZE=$VOCAB_SIZE" "PREPARE_ARGS=$PREPARE_ARGS")
 SETTINGS=$(printf '%s\n' "SRC=$SRC" "TGT=$TGT" "VOCAB_SIZE=$VOCAB_SIZE" "MAX_UPDATE=$MAX_UPDATE" \
   "REWIND_K=$REWIND_K" "ARCH_ARGS=$ARCH_ARGS" "TRAIN_ARGS=$TRAIN_ARGS")
 claim_stage() {  # DIR [SETTINGS]
@@ -52,3 +59,15 @@ claim_stage() {  # DIR [SETTINGS]
     echo "$want" > "$file.part" && mv "$file.part" "$file"
   fi
 }
+
+# train_stage NAME ARGS...: one fairseq-train run in $WORK/NAME (log beside it), skipped when done
+train_stage() {
+  local name="$1" run="$WORK/$1"; shift
+  claim_stage "$run" "$(printf '%s\n' "$SETTINGS" "RUN_ARGS=$*")"
+  [ -e "$(done_marker "$run")" ] && { echo "$name: done"; return 0; }
+  echo "$name: training ($MAX_UPDATE updates; log: $run.log)"
+  slt_train --save-dir "$run" "$@" > "$run.log" 2>&1 || { tail -n 3 "$run.log"; echo "$name failed: see $run.log"; return 1; }
+  touch "$(done_marker "$run")"
+}
+
+mp_schedule() { echo --prune-start "$MP_START" --prune-end "$MP_END" --prune-frequency "$MP_FREQ"; }

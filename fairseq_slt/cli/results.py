@@ -133,6 +133,7 @@ def score(run: str, checkpoint_path: str, args) -> Optional[dict]:
             return entry["result"]
     if args.no_score:
         return None
+    print(f"scoring {checkpoint_path} (beam {args.beam}, {args.subset})", file=sys.stderr, flush=True)
     result = generate_and_score(checkpoint_path, args)
     atomic_write_json(cache + [{"options": options, "result": result}], cache_path)
     return result
@@ -160,19 +161,20 @@ def generate_and_score(checkpoint_path: str, args) -> dict:
             hyps[int(tag[2:])] = rest.split("\t", 1)[1]
         elif tag.startswith("T-"):
             refs[int(tag[2:])] = rest
-    ids = sorted(hyps)
     if args.references:
         with open(args.references, encoding="utf-8") as handle:
-            lines = [line.rstrip("\n") for line in handle]
-        if len(lines) != len(ids):
-            raise PruningError(f"--references has {len(lines)} lines, the {args.subset} subset {len(ids)} sentences")
-        refs = dict(enumerate(lines))
+            refs = dict(enumerate(line.rstrip("\n") for line in handle))
+        if hyps and max(hyps) >= len(refs):
+            raise PruningError(f"--references has {len(refs)} lines, fewer than the {args.subset} subset's sentences")
+    # fairseq-generate prints nothing for a sentence whose beam search ends without a hypothesis: scored as empty
+    ids = sorted(refs)
     bleu, chrf = BLEU(), CHRF()
-    hypotheses, references = [hyps[i] for i in ids], [[refs[i] for i in ids]]
+    hypotheses, references = [hyps.get(i, "") for i in ids], [[refs[i] for i in ids]]
     return {"bleu": round(bleu.corpus_score(hypotheses, references).score, 2),
             "chrf": round(chrf.corpus_score(hypotheses, references).score, 2),
             "signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
-            "sentences": len(ids), "command": shlex.join(command)}
+            "sentences": len(ids), "missing_hypotheses": sum(1 for i in ids if i not in hyps),
+            "command": shlex.join(command)}
 
 
 def _has_cuda() -> bool:
@@ -201,7 +203,6 @@ def collect(args) -> dict:
             continue
         checkpoint = Checkpoint(checkpoint_path, "checkpoint", mmap=True)
         mask = checkpoint.mask()
-        print(f"scoring {run}" if not args.no_score else f"reading {run}", file=sys.stderr, flush=True)
         rows.append({"run": run, "label": label_of(identity, identities), "method": identity.get("method"),
                      "target_sparsity": float(identity.get("prune_sparsity") or 0.0),
                      "sparsity": round(mask.sparsity(), 6) if mask is not None else 0.0,
