@@ -40,8 +40,9 @@ def parse_rewind_points(text: Optional[str]) -> List[int]:
     return points
 
 
-def validate_options(cfg) -> None:
-    """Checks that need no model: one PruningError before anything is built or written."""
+def validate_options(cfg, check_files: bool = True) -> None:
+    """Checks that need no model: one PruningError before anything is built or written (``check_files``:
+    that the checkpoints named exist; off for a plan of commands whose inputs come later)."""
     if cfg.prune_method not in METHODS:
         raise PruningError(f"--prune-method must be one of {', '.join(METHODS)}, got {cfg.prune_method!r}")
     points = parse_rewind_points(cfg.save_rewind_points)
@@ -68,7 +69,7 @@ def validate_options(cfg) -> None:
     for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
         if not path and cfg.prune_method in FROM_CHECKPOINT:
             raise PruningError(f"--prune-method {cfg.prune_method} needs {option}")
-        if path and not os.path.isfile(path):
+        if check_files and path and not os.path.isfile(path):
             raise PruningError(f"{option} checkpoint not found: {path}")
 
 

@@ -104,10 +104,18 @@ def test_lt_rewinds_to_theta0_and_global_scope(data_bin, dense_run, tmp_path):
 def test_update_freq_and_restored_dense_optimizer_keep_masked_weights_zero(data_bin, dense_run, tmp_path):
     common = ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from", dense_run["best"],
               "--prune-rewind-from", dense_run["rewind4"]]
-    save = str(tmp_path / "freq2")
-    result = train(data_bin, save, *common, "--update-freq", "2", max_update=6)
+    save, board = str(tmp_path / "freq2"), str(tmp_path / "tensorboard")
+    result = train(data_bin, save, *common, "--update-freq", "2", "--tensorboard-logdir", board, max_update=6)
     assert_masked_weights_zero(os.path.join(save, "checkpoint_last.pt"), Mask.load(os.path.join(save, "mask.pt")))
     assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}
+    # the pruning metrics reach TensorBoard with fairseq's own, per update, for training and validation
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    for split in ("train_inner", "valid"):
+        events = EventAccumulator(os.path.join(board, split))
+        events.Reload()
+        assert {"sparsity", "masked_nonzero", "loss"} <= set(events.Tags()["scalars"]), split
+        assert all(abs(e.value - 0.8) < 1e-3 for e in events.Scalars("sparsity")), split
+        assert all(e.value == 0 for e in events.Scalars("masked_nonzero")), split
     # Adam moments of the dense run restored (no --reset-optimizer): they must not revive pruned weights
     save = str(tmp_path / "restored_optimizer")
     # (without --reset-dataloader fairseq hands over the dense run's task state: another run's, so this starts afresh)

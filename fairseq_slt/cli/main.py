@@ -39,22 +39,26 @@ def _link_user_dir() -> int:
     return 0
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fairseq-slt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
     for name, (module, help_text) in SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if module:
-            modules[name] = importlib.import_module(f"fairseq_slt.cli.{module}")
-            modules[name].add_arguments(sub)
-    args = parser.parse_args(argv)
+            importlib.import_module(f"fairseq_slt.cli.{module}").add_arguments(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.command == "user-dir":
         print(_user_dir())
         return 0
     if args.command == "link-user-dir":
         return _link_user_dir()
-    return modules[args.command].main(args) or 0
+    module = importlib.import_module(f"fairseq_slt.cli.{SUBCOMMANDS[args.command][0]}")
+    return module.main(args) or 0
 
 
 if __name__ == "__main__":

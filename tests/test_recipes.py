@@ -1,0 +1,127 @@
+"""The Multi30k table recipe end to end in a tiny setting, and fairseq-slt results on its runs."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import MULTI30K, ROOT, TINY_MODEL, TRAINING, env, load, train_killed_when
+
+RECIPE = os.path.join(ROOT, "examples", "multi30k")
+
+
+def recipe_env(work, **extra):
+    variables = dict(env(), SLT_NO_SETUP="1", WORK=work, MULTI30K_DIR=MULTI30K, THREADS="1", MAX_UPDATE="8",
+                     REWIND_K="2", LEVELS="0.5 0.8", MP_END="6", MP_FREQ="2", VOCAB_SIZE="1000", BEAM="2",
+                     PREPARE_ARGS="--train-lines 2000 --eval-lines 100", ARCH_ARGS=" ".join(TINY_MODEL),
+                     TRAIN_ARGS=" ".join(TRAINING))
+    variables.update(extra)
+    return variables
+
+
+def recipe(script, work, **extra):
+    return subprocess.run(["bash", os.path.join(RECIPE, script)], env=recipe_env(work, **extra), capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
+    work = str(tmp_path / "work")
+    result = recipe("run_table.sh", work)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = open(os.path.join(work, "results", "table.md")).read()
+    header = table.splitlines()[0]
+    for label in ("mp", "lt", "slt", "clt", "clt (random signs)", "slt-mp", "mp-slt"):
+        assert f"| {label} |" in header, header
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:] if line.startswith("|")}
+    assert set(rows) == {"0 (dense)", "50 %", "80 %"}
+    assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in table
+    assert open(os.path.join(work, "results", "bleu_vs_sparsity.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    data = json.load(open(os.path.join(work, "results", "results.json")))
+    by_run = {os.path.relpath(r["run"], work): r for r in data["rows"]}
+    assert sorted(by_run) == sorted(["dense", "mp/mp_0.5", "mp/mp_0.8", "slt/slt_0.5", "slt/slt_0.8", "lt/lt_0.5",
+                                     "lt/lt_0.8", "clt/clt_0.5", "clt/clt_0.8", "controls/clt_0.5_random_signs",
+                                     "slt-mp/mp_0.8", "mp-slt/slt_0.8"])
+    assert by_run["slt-mp/mp_0.8"]["label"] == "slt-mp" and by_run["mp-slt/slt_0.8"]["label"] == "mp-slt"
+    for run, row in by_run.items():
+        mask = load(row["checkpoint"])["extra_state"]["TranslationSLTTask"]["mask"]
+        assert abs(row["sparsity"] - row["target_sparsity"]) < 1e-3, run  # measured from the checkpoint
+        assert (mask is None) == (run == "dense")
+        assert row["train_command"][0].endswith("fairseq-train") and "--save-dir" in row["train_command"]
+        assert row["score"]["sentences"] == 100 and row["score"]["signature"].startswith("nrefs:1")
+        assert "--path" in row["score"]["command"] and "--beam 2" in row["score"]["command"]
+        assert row["bitmap_fp32_bytes"] < row["dense_fp32_bytes"] or run == "dense"
+    assert data["unfinished"] == []
+
+    # scores are cached beside each checkpoint: a rerun scores only what has no valid cache, and says what
+    # is unfinished
+    os.remove(os.path.join(work, "slt", "slt_0.8", "scores.json"))
+    extra = os.path.join(work, "extra", "slt_0.5")
+    train_killed_when(os.path.join(work, "data", "data-bin"), extra, os.path.join(extra, "checkpoint_rewind_3.pt"),
+                      "--prune-method", "none", "--save-rewind-points", "3", "--save-interval-updates", "2",
+                      max_update=200)
+    again = recipe("09_results.sh", work)
+    assert again.returncode == 0, again.stderr[-3000:]
+    scored = [line for line in again.stderr.splitlines() if line.startswith("scoring ")]
+    assert len(scored) == 1 and "slt/slt_0.8/checkpoint_best.pt" in scored[0]
+    assert f"Unfinished: {extra} (at update" in again.stdout
+    rescored = {os.path.relpath(r["run"], work): r for r in json.load(open(os.path.join(work, "results",
+                                                                                       "results.json")))["rows"]}
+    assert rescored["slt/slt_0.8"]["score"]["bleu"] == by_run["slt/slt_0.8"]["score"]["bleu"]
+
+    # a stage is reused only with the settings it was made with
+    changed = recipe("02_train_dense.sh", work, MAX_UPDATE="9")
+    assert changed.returncode != 0 and changed.stderr.strip().splitlines() == [
+        f"error: {work}/dense was made with other settings (MAX_UPDATE=8 there; MAX_UPDATE=9 here): use another WORK"]
+
+
+def parse_fairseq_train(argv):
+    """fairseq's own parser with the plugin's task options: an unknown option or bad value exits."""
+    import fairseq_slt.criterions  # noqa: F401  (registered with fairseq, as --user-dir does)
+    import fairseq_slt.tasks  # noqa: F401
+    from fairseq import options
+
+    return options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+
+
+@pytest.mark.parametrize("pair", ["en-de", "en-fr"])
+def test_the_wmt14_recipe_dry_run_prints_commands_that_parse(pair, tmp_path):
+    import sacrebleu.sacrebleu
+
+    from fairseq_slt.cli.main import build_parser
+    from fairseq_slt.pruning_run import validate_options
+
+    work = str(tmp_path / "wmt")
+    result = subprocess.run(["bash", os.path.join(ROOT, "examples", "wmt14", "run_all.sh")], capture_output=True,
+                            text=True, env=dict(env(), DRY_RUN="1", PAIR=pair, WORK=work), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not os.path.exists(work)  # a dry run writes nothing
+    methods, iterated = set(), set()
+    for line in result.stdout.splitlines():
+        command = shlex.split(line)
+        if ">" in command:  # run_to: COMMAND > FILE
+            command = command[:command.index(">")]
+        tool, argv = command[0], command[1:]
+        if tool == "fairseq-train":
+            args = parse_fairseq_train(argv)
+            validate_options(args, check_files=False)  # the plugin's checks (sparsity, schedule, ...)
+            methods.add(args.prune_method)
+            assert args.arch == "transformer_wmt_en_de" and args.fp16 and args.max_update == 100000
+        elif tool == "fairseq-slt":
+            args = build_parser().parse_args(argv)
+            if args.command == "iterate":
+                iterated.add(args.method)
+                parse_fairseq_train([*args.train_args, "--user-dir", ROOT + "/fairseq_slt", "--task", "translation_slt",
+                                     "--criterion", "label_smoothed_cross_entropy_slt"])
+            elif args.command == "prepare":
+                assert args.vocab_size == 32000 and args.train.count(",") == (2 if pair == "en-de" else 4)
+            else:
+                assert args.command == "results" and args.references.endswith(f"test.{pair[3:]}")
+        elif tool == "sacrebleu":
+            sys.argv = command
+            args = sacrebleu.sacrebleu.parse_args()
+            assert args.test_set in ("wmt13", "wmt14") and args.langpair == pair
+        else:
+            assert tool in ("mkdir", "wget", "tar"), line
+    assert methods == {"none", "mp", "slt", "clt"} and iterated == {"slt", "clt", "lt"}
