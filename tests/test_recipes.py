@@ -119,8 +119,11 @@ def test_the_wmt14_recipe_dry_run_prints_commands_that_parse(pair, tmp_path):
             else:
                 assert args.command == "results" and args.references.endswith(f"test.{pair[3:]}")
         elif tool == "sacrebleu":
-            sys.argv = command
-            args = sacrebleu.sacrebleu.parse_args()
+            argv, sys.argv = sys.argv, command
+            try:
+                args = sacrebleu.sacrebleu.parse_args()
+            finally:
+                sys.argv = argv
             assert args.test_set in ("wmt13", "wmt14") and args.langpair == pair
         else:
             assert tool in ("mkdir", "wget", "tar"), line
