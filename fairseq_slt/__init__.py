@@ -6,6 +6,7 @@ Importing the package registers its task and criterion with fairseq when fairseq
 """
 import os
 import sys
+import warnings
 
 from .pruning.io import allow_fairseq_globals
 
@@ -19,4 +20,7 @@ if "fairseq" in sys.modules:
     if os.environ.get(UNSAFE_LOAD_VARIABLE, "").strip().lower() in ("1", "y", "yes", "true"):
         sys.exit(f"fairseq-slt: error: {UNSAFE_LOAD_VARIABLE} is set: fairseq would load checkpoints with unsafe "
                  "unpickling (a checkpoint could run code); unset it")
+    # fairseq's own config code triggers Hydra's deprecation warnings in every run: not the user's concern
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"hydra(\.|$)")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r"\s*'config' is validated against ConfigStore")
     from . import criterions, tasks  # noqa: F401  (registration)

@@ -7,7 +7,7 @@ import zipfile
 
 import torch
 
-from conftest import ROOT, load, run_tool
+from conftest import MULTI30K, ROOT, load, run_tool
 from fairseq_slt.pruning import Mask
 
 
@@ -85,3 +85,77 @@ def test_analyze_signs_refuses_checkpoints_of_other_architectures(slt_run, tmp_p
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
         assert lines[0].startswith(f"fairseq-slt analyze: error: {message}"), lines[0]
+
+
+def test_options_lists_every_option_the_plugin_adds_with_its_help():
+    import dataclasses
+
+    from fairseq.tasks.translation import TranslationConfig
+
+    from fairseq_slt.tasks.translation_slt import TranslationSLTConfig
+
+    ours = [f for f in dataclasses.fields(TranslationSLTConfig)
+            if f.name not in {g.name for g in dataclasses.fields(TranslationConfig)} and "help" in f.metadata]
+    assert {f.name for f in ours} >= {"prune_method", "prune_sparsity", "prune_mask_from", "save_rewind_points"}
+    table = run_tool("fairseq-slt", "options", "--markdown").stdout
+    for field in ours:
+        option = "--" + field.name.replace("_", "-")
+        assert f"| `{option}` |" in table and field.metadata["help"] in table, option
+    text = run_tool("fairseq-slt", "options").stdout
+    assert "fairseq-train --help does not show them" in text and "--prune-clt-random-signs" in text
+
+
+def test_prepare_takes_your_own_corpus_files_and_documents_its_outputs(tmp_path):
+    import gzip
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = {lang: gzip.open(os.path.join(MULTI30K, f"train.{lang}.gz"), "rt").read().splitlines()[:700]
+             for lang in ("en", "de")}
+    for lang, text in lines.items():
+        (raw / f"part1.{lang}").write_text("\n".join(text[:400]) + "\n")
+        with gzip.open(raw / f"part2.{lang}.gz", "wt") as handle:  # gzip and plain files mix
+            handle.write("\n".join(text[400:600]) + "\n")
+        (raw / f"dev.{lang}").write_text("\n".join(text[600:650]) + "\n")
+        (raw / f"test_a.{lang}").write_text("\n".join(text[650:680]) + "\n")
+        (raw / f"test_b.{lang}").write_text("\n".join(text[680:700]) + "\n")
+    out = tmp_path / "out"
+    run_tool("fairseq-slt", "prepare", "--out", out, "--train", f"{raw}/part1,{raw}/part2", "--valid", f"{raw}/dev",
+             "--test", f"{raw}/test_a,{raw}/test_b", "--vocab-size", 300)
+    assert (out / "text" / "train.de").read_text().splitlines() == lines["de"][:600]
+    assert (out / "spm.model").is_file() and (out / "spm" / "test1.en").is_file()
+    binaries = os.listdir(out / "data-bin")
+    assert {"test.en-de.en.bin", "test1.en-de.de.bin", "valid.en-de.en.idx", "dict.en.txt"} <= set(binaries)
+    (raw / "bad.en").write_text("one\ntwo\n")
+    (raw / "bad.de").write_text("eins\n")
+    bad = run_tool("fairseq-slt", "prepare", "--out", tmp_path / "bad", "--train", f"{raw}/bad", "--valid",
+                   f"{raw}/dev", "--test", f"{raw}/test_a", check=False)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "fairseq-slt prepare: error: train: the two sides have different numbers of lines {'en': 2, 'de': 1}"]
+    helptext = run_tool("fairseq-slt", "prepare", "--help").stdout
+    assert "text/" in helptext and "spm/" in helptext and "(default: 8000)" in helptext and "--test TEST" in helptext
+
+
+def test_written_files_follow_the_users_umask(tmp_path):
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        previous = os.umask(umask)
+        try:
+            path = tmp_path / f"mask_{umask:o}.pt"
+            Mask({"w": torch.ones(3, dtype=torch.bool)}).save(str(path), str(path) + ".json")
+        finally:
+            os.umask(previous)
+        assert os.stat(path).st_mode & 0o777 == mode and os.stat(str(path) + ".json").st_mode & 0o777 == mode
+
+
+def test_analyze_labels_tell_inputs_with_the_same_folder_name_apart(slt_run, tmp_path):
+    from fairseq_slt.cli.analyze import short_labels
+
+    first, second = tmp_path / "a" / "slt_0.8", tmp_path / "b" / "slt_0.8"
+    for folder in (first, second):
+        os.makedirs(folder)
+        Mask.load(os.path.join(slt_run["dir"], "mask.pt")).save(str(folder / "mask.pt"))
+    paths = [str(first / "mask.pt"), str(second / "mask.pt")]
+    assert short_labels(paths) == ["a/slt_0.8/mask", "b/slt_0.8/mask"]
+    plot = str(tmp_path / "plot.png")
+    run_tool("fairseq-slt", "analyze", *paths, "--plot", plot)
+    assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -70,10 +70,16 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
                                                                                        "results.json")))["rows"]}
     assert rescored["slt/slt_0.8"]["score"]["bleu"] == by_run["slt/slt_0.8"]["score"]["bleu"]
 
-    # a stage is reused only with the settings it was made with
-    changed = recipe("02_train_dense.sh", work, MAX_UPDATE="9")
-    assert changed.returncode != 0 and changed.stderr.strip().splitlines() == [
-        f"error: {work}/dense was made with other settings (MAX_UPDATE=8 there; MAX_UPDATE=9 here): use another WORK"]
+    # runs are reused only with the settings they were made with: every stage of WORK depends on its data and
+    # its dense run, so WORK has one set of settings
+    for script, change in (("02_train_dense.sh", {"MAX_UPDATE": "9"}), ("03_train_slt.sh", {"VOCAB_SIZE": "900"})):
+        before = sorted(os.listdir(work))
+        changed = recipe(script, work, **change)
+        (key, value), = change.items()
+        assert changed.returncode != 0 and changed.stderr.strip().splitlines() == [
+            f"error: {work} was made with other settings ({key}={recipe_env(work)[key]} there; {key}={value} here): "
+            "use another WORK"], changed.stderr
+        assert sorted(os.listdir(work)) == before
 
 
 def parse_fairseq_train(argv):

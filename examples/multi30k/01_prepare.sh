@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Multi30k -> joint SentencePiece -> fairseq binaries in $WORK/data (skips what exists).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-claim_stage "$WORK/data" "$DATA_SETTINGS"
 # shellcheck disable=SC2086
 fairseq-slt prepare --raw-dir "$MULTI30K_DIR" --out "$WORK/data" --src "$SRC" --tgt "$TGT" \
   --vocab-size "$VOCAB_SIZE" --workers "$THREADS" $PREPARE_ARGS

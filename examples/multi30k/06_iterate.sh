@@ -6,4 +6,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 claim_stage "$WORK/$METHOD"
 # shellcheck disable=SC2086
 fairseq-slt iterate --method "$METHOD" --levels "$(echo $LEVELS | tr ' ' ',')" --rewind-k "$REWIND_K" \
-  --dense-dir "$WORK/dense" --work-dir "$WORK/$METHOD" --train-command "$TRAIN_COMMAND" -- "$DATA" $ARCH_ARGS $TRAIN_ARGS --max-update "$MAX_UPDATE"
+  --dense-dir "$WORK/dense" --work-dir "$WORK/$METHOD" --train-command "$TRAIN_COMMAND" -- "$DATA" $ARCH_ARGS $TRAIN_ARGS \
+  $DEVICE_ARGS --max-update "$MAX_UPDATE"

@@ -20,7 +20,14 @@ ROOT="$(cd "$RECIPE_DIR/../.." && pwd)"
 : "${USER_DIR:=$ROOT/fairseq_slt}"
 : "${TRAIN_COMMAND:=fairseq-train}" "${GENERATE_COMMAND:=fairseq-generate}"  # e.g. a cluster wrapper
 : "${ARCH_ARGS:=--arch transformer --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 128 --decoder-embed-dim 128 --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512 --encoder-attention-heads 4 --decoder-attention-heads 4 --share-all-embeddings --dropout 0.1}"
-: "${TRAIN_ARGS:=--optimizer adam --adam-betas (0.9,0.98) --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 200 --weight-decay 0.0001 --label-smoothing 0.1 --max-tokens 4096 --cpu --num-workers 0 --no-epoch-checkpoints --no-progress-bar --log-interval 50 --log-format simple --seed 1}"
+: "${TRAIN_ARGS:=--optimizer adam --adam-betas (0.9,0.98) --lr 0.002 --lr-scheduler inverse_sqrt --warmup-updates 200 --weight-decay 0.0001 --label-smoothing 0.1 --max-tokens 4096 --num-workers 0 --no-epoch-checkpoints --no-progress-bar --log-interval 50 --log-format simple --seed 1}"
+: "${DEVICE:=cpu}"  # cpu, or cuda: a CUDA build of torch in the venv first (README), then fp16 training on the GPU
+case "$DEVICE" in
+  cpu) DEVICE_ARGS="--cpu" ;;
+  cuda) DEVICE_ARGS="--fp16" ;;
+  *) echo "error: DEVICE must be cpu or cuda, got $DEVICE" >&2; exit 1 ;;
+esac
+GENERATE_DEVICE_ARGS=$([ "$DEVICE" = cpu ] && echo --cpu || true)
 
 DATA="$WORK/data/data-bin"
 mkdir -p "$WORK"
@@ -35,7 +42,7 @@ slt_train() {
   # shellcheck disable=SC2086
   # shellcheck disable=SC2086
   $TRAIN_COMMAND "$DATA" --user-dir "$USER_DIR" --task translation_slt \
-    --criterion label_smoothed_cross_entropy_slt $ARCH_ARGS $TRAIN_ARGS --max-update "$MAX_UPDATE" "$@"
+    --criterion label_smoothed_cross_entropy_slt $ARCH_ARGS $TRAIN_ARGS $DEVICE_ARGS --max-update "$MAX_UPDATE" "$@"
 }
 
 # a stage runs once: it is skipped when its marker exists
@@ -43,9 +50,8 @@ done_marker() { echo "$1/.done"; }
 
 # What a stage's results depend on. A stage folder records them when it starts; a rerun with other
 # settings stops with one line instead of reusing (or continuing) what was made otherwise.
-DATA_SETTINGS=$(printf '%s\n' "SRC=$SRC" "TGT=$TGT" "VOCAB_SIZE=$VOCAB_SIZE" "PREPARE_ARGS=$PREPARE_ARGS")
-SETTINGS=$(printf '%s\n' "SRC=$SRC" "TGT=$TGT" "VOCAB_SIZE=$VOCAB_SIZE" "MAX_UPDATE=$MAX_UPDATE" \
-  "REWIND_K=$REWIND_K" "ARCH_ARGS=$ARCH_ARGS" "TRAIN_ARGS=$TRAIN_ARGS")
+SETTINGS=$(printf '%s\n' "SRC=$SRC" "TGT=$TGT" "VOCAB_SIZE=$VOCAB_SIZE" "PREPARE_ARGS=$PREPARE_ARGS" \
+  "MAX_UPDATE=$MAX_UPDATE" "REWIND_K=$REWIND_K" "ARCH_ARGS=$ARCH_ARGS" "TRAIN_ARGS=$TRAIN_ARGS" "DEVICE=$DEVICE")
 claim_stage() {  # DIR [SETTINGS]
   local dir="$1" want="${2:-$SETTINGS}" file="$1/recipe-settings.txt"
   mkdir -p "$dir"
@@ -66,8 +72,35 @@ train_stage() {
   claim_stage "$run" "$(printf '%s\n' "$SETTINGS" "RUN_ARGS=$*")"
   [ -e "$(done_marker "$run")" ] && { echo "$name: done"; return 0; }
   echo "$name: training ($MAX_UPDATE updates; log: $run.log)"
-  slt_train --save-dir "$run" "$@" > "$run.log" 2>&1 || { tail -n 3 "$run.log"; echo "$name failed: see $run.log"; return 1; }
+  slt_train --save-dir "$run" "$@" >> "$run.log" 2>&1 &
+  local pid=$!
+  show_progress "$name" "$run.log" "$pid"
+  wait "$pid" || { tail -n 3 "$run.log"; echo "$name failed: see $run.log"; return 1; }
   touch "$(done_marker "$run")"
 }
 
+# show_progress NAME LOG PID: every $PROGRESS_EVERY s while PID runs, the update reached of MAX_UPDATE,
+# the last validation loss and an ETA from the rate so far
+show_progress() {
+  local name="$1" log="$2" pid="$3" start first="" now reached loss eta waited=0
+  start=$(date +%s)
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    waited=$(( waited + 1 ))
+    [ $(( waited % ${PROGRESS_EVERY:-30} )) = 0 ] && kill -0 "$pid" 2>/dev/null || continue
+    reached=$(grep -oE "num_updates[= ][0-9]+" "$log" 2>/dev/null | tail -n 1 | grep -oE "[0-9]+$" || true)
+    [ -n "$reached" ] || continue
+    [ -n "$first" ] || first=$reached
+    loss=$(grep -oE "valid on 'valid' subset \| loss [0-9.]+" "$log" | tail -n 1 | grep -oE "[0-9.]+$" || true)
+    now=$(date +%s) eta="?"
+    if [ "$reached" -gt "$first" ]; then
+      eta=$(( (now - start) * (MAX_UPDATE - reached) / (reached - first) ))
+      eta="$(( eta / 60 ))m$(printf %02d $(( eta % 60 )))s"
+    fi
+    echo "  $name: update $reached/$MAX_UPDATE${loss:+, valid loss $loss}, ETA $eta"
+  done
+}
+
 mp_schedule() { echo --prune-start "$MP_START" --prune-end "$MP_END" --prune-frequency "$MP_FREQ"; }
+
+claim_stage "$WORK"  # every stage in WORK depends on the data and the dense run: one set of settings per WORK

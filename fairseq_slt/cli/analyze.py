@@ -103,18 +103,28 @@ def print_table(result: dict, paths) -> None:
               f"of {row['weights_compared']} kept weights")
 
 
+def short_labels(paths):
+    """The shortest trailing part of each path that tells the inputs apart (the file name's extension dropped)."""
+    parts = [os.path.splitext(os.path.normpath(os.path.abspath(p)))[0].split(os.sep) for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(i) + ": " + p for i, p in enumerate(paths)]  # the same path given twice
+
+
 def plot(result: dict, paths, target: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = list(result["inputs"][paths[0]]["layers"])
+    layers, labels = list(result["inputs"][paths[0]]["layers"]), short_labels(paths)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers)), 4))
     width = 0.8 / len(paths)
     for i, path in enumerate(paths):
         values = [result["inputs"][path]["layers"][n] for n in layers]
-        ax.bar([x + i * width for x in range(len(layers))], values, width, label=os.path.basename(os.path.dirname(path)) or path)
+        ax.bar([x + i * width for x in range(len(layers))], values, width, label=labels[i])
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(layers))])
     ax.set_xticklabels([n.replace(".weight", "") for n in layers], rotation=90, fontsize=6)
     ax.set_ylabel("sparsity")

@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "prepare": ("prepare", "prepare Multi30k-style parallel text: SentencePiece + fairseq-preprocess"),
     "iterate": ("iterate", "iterative pruning: one fairseq-train run per sparsity level (resumable)"),
     "analyze": ("analyze", "per-layer sparsity, mask overlap and sign agreement of masks/checkpoints"),
+    "options": ("options", "list the --prune-* options the plugin adds to fairseq-train, with defaults and help"),
     "results": ("results", "finished runs -> the paper's Table 1 (Markdown), a BLEU-vs-sparsity plot and JSON"),
     "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),
     "link-user-dir": (None, "make '--user-dir fairseq_slt' work from any folder after an editable install"),

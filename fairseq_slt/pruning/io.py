@@ -44,6 +44,7 @@ def _atomic_write(path: str, write) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file written normally gets the user's umask
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -53,6 +54,12 @@ def _atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_save(obj: Any, path: str) -> None:
