@@ -124,6 +124,7 @@ def test_bad_inputs_fail_with_one_line_before_training(data_bin, dense_run, bad_
         assert result.returncode != 0, label
         assert "Traceback" not in result.stderr, (label, result.stderr[-2000:])
         assert len(errors) == 1 and errors[0].startswith("fairseq-slt: error: "), (label, errors)
+        assert result.stderr.strip().splitlines() == errors, (label, result.stderr[-2000:])  # no noise around it
         assert re.search(pattern, errors[0]), (label, errors[0])
         assert sorted(os.listdir(save)) == ["checkpoint_last.pt.keep"], label
         assert (save / "checkpoint_last.pt.keep").read_text() == "existing"
