@@ -3,6 +3,7 @@
 Called by the ``translation_slt`` task; holds no fairseq import so it can be tested directly.
 """
 import enum
+import hashlib
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
@@ -86,6 +87,25 @@ def run_identity(cfg, dictionaries: Optional[str]) -> dict:
         identity["prune_seed"] = cfg.prune_seed
     identity.update({"seed": cfg.seed, "dictionaries": dictionaries})
     return identity
+
+
+def all_ranks(value):
+    """``value`` of every rank (all-gather over the default process group; just ours without one)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+@torch.no_grad()
+def weights_checksum(state: Dict[str, torch.Tensor]) -> str:
+    """A short SHA-256 over every entry of a state dict (a model's, a checkpoint's), in order."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode() + b"\0")
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class Phase(enum.Enum):
@@ -232,6 +252,7 @@ class PruningRun:
             self.enforcer.apply_to_copies(self.masters)
         self.start_mask = self.start_weights = None
         self._stats = None
+        self.check_ranks(f"the {started_from.value} run's start", weights=True)
         if self.is_master:
             run_dir.write_manifest(self.cfg.save_dir, self.identity)
         self.write_mask_files()
@@ -253,11 +274,30 @@ class PruningRun:
         if self.method == "mp" and is_pruning_step(done, cfg.prune_start, cfg.prune_end, cfg.prune_frequency):
             target = cubic_sparsity(done, self.initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end)
             self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
+            self.check_ranks(f"update {done}")
         else:
             self.enforcer.apply()
         self.enforcer.apply_to_copies(self.masters)  # fp16: the fp32 masters too
+        if done == int(cfg.max_update or 0):
+            self.check_ranks(f"the last update ({done})", weights=True)
         if done in self.rewind_points:
             self.save_rewind_point(done)
+
+    # every rank must hold the same mask (and weights): checked by checksums, logged by rank 0
+    def check_ranks(self, when: str, weights: bool = False) -> None:
+        mine = {"mask": self.mask.checksum() if self.mask is not None else "none"}
+        if weights:
+            mine["weights"] = weights_checksum(self.model.state_dict())
+        everyone = all_ranks(mine)
+        for what in mine:
+            values = [theirs[what] for theirs in everyone]
+            if len(set(values)) > 1:
+                raise PruningError(f"the {what} differs between ranks at {when}: " +
+                                   ", ".join(f"rank {r} {v}" for r, v in enumerate(values)))
+        if self.is_master:
+            sparsity = f" (sparsity {self.mask.sparsity():.4f})" if self.mask is not None else ""
+            logger.info(f"checksums at {when}: " + ", ".join(f"{what} {value}" for what, value in mine.items()) +
+                        sparsity + (f", identical on {len(everyone)} ranks" if len(everyone) > 1 else ""))
 
     def save_rewind_point(self, update: int) -> None:
         """Once written, a rewind point is never overwritten (a resumed run passing update K again keeps it)."""

@@ -76,8 +76,9 @@ def differences(recorded: dict, current: dict) -> List[str]:
 def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
     """Lock the save dir (rank 0) and check that it belongs to this run; True when it already does
     (a run to resume), False for a dir nobody has claimed. Writes nothing."""
-    if is_master:
-        lock(save_dir)
+    if not is_master:  # rank 0 owns the dir; other ranks are checked against rank 0 by checksums at start
+        return os.path.isfile(os.path.join(save_dir, LAST))
+    lock(save_dir)
     recorded = recorded_identity(save_dir)
     if recorded is None:
         return False

@@ -127,20 +127,32 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def train_ranks(data, save_dir, *extra, world_size=2, max_update=12, timeout=300):
-    """fairseq-train as ``world_size`` CPU processes over gloo on 127.0.0.1 (one per rank); their results."""
+def train_ranks(data, save_dir, *extra, world_size=2, max_update=12, timeout=300, rank_extra=None, kill_when=None):
+    """fairseq-train as ``world_size`` CPU processes over gloo on 127.0.0.1 (one per rank); their results.
+
+    ``rank_extra``: rank -> more options for that rank only; ``kill_when``: a file whose appearance ends
+    every rank (SIGKILL), as an interrupted job."""
     port, processes = free_port(), []
     for rank in range(world_size):
-        args = train_args(data, save_dir, *extra, "--distributed-world-size", world_size, "--distributed-rank", rank,
-                          "--distributed-no-spawn", "--distributed-backend", "gloo",
-                          "--distributed-init-method", f"tcp://127.0.0.1:{port}", max_update=max_update)
+        args = train_args(data, save_dir, *extra, *(rank_extra or {}).get(rank, []), "--distributed-world-size",
+                          world_size, "--distributed-rank", rank, "--distributed-no-spawn", "--distributed-backend",
+                          "gloo", "--distributed-init-method", f"tcp://127.0.0.1:{port}", max_update=max_update)
         processes.append(subprocess.Popen([tool_path("fairseq-train"), *map(str, args)], cwd=ROOT, env=env(),
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     try:
+        if kill_when:
+            deadline = time.time() + timeout
+            while not os.path.exists(kill_when) and all(p.poll() is None for p in processes):
+                assert time.time() < deadline, f"{kill_when} did not appear"
+                time.sleep(0.02)
+            for process in processes:
+                process.send_signal(signal.SIGKILL)
         for process in processes:
             stdout, stderr = process.communicate(timeout=timeout)
             results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+        if kill_when:
+            wait_until_unlocked(save_dir)
     finally:
         for process in processes:
             if process.poll() is None:

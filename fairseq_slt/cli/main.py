@@ -9,6 +9,7 @@ import sys
 SUBCOMMANDS = {
     "prepare": ("prepare", "prepare Multi30k-style parallel text: SentencePiece + fairseq-preprocess"),
     "iterate": ("iterate", "iterative pruning: one fairseq-train run per sparsity level (resumable)"),
+    "launch": ("launch", "fairseq-train as N data-parallel processes per machine (fairseq's own rank options)"),
     "analyze": ("analyze", "per-layer sparsity, mask overlap and sign agreement of masks/checkpoints"),
     "options": ("options", "list the --prune-* options the plugin adds to fairseq-train, with defaults and help"),
     "results": ("results", "finished runs -> the paper's Table 1 (Markdown), a BLEU-vs-sparsity plot and JSON"),

@@ -110,6 +110,10 @@ class Mask(Mapping):
             tensors[name] = torch.from_numpy(flat).reshape(shape)
         return cls(tensors)
 
+    def checksum(self) -> str:
+        """A short SHA-256 of names, shapes and bits: equal masks, equal checksums."""
+        return self.state_dict()["sha256"][:16]
+
     def save(self, path: str, report_path: Optional[str] = None) -> None:
         atomic_save(self.state_dict(), path)
         if report_path:

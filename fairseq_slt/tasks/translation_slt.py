@@ -11,7 +11,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import clean_exit
+from .. import broadcast_fix, clean_exit
 from ..pruning import PruningError
 from ..pruning_run import METHODS, Phase, PruningRun, validate_options
 from ..run_dir import LAST
@@ -77,6 +77,7 @@ class TranslationSLTTask(TranslationTask):
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         clean_exit.install()
+        broadcast_fix.install()
         if not kwargs.get("from_checkpoint"):
             try:
                 validate_options(cfg)
@@ -130,16 +131,22 @@ class TranslationSLTTask(TranslationTask):
             self.pruning.epoch = epoch
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        if self.pruning is not None and self.pruning.start(update_num, optimizer) is Phase.NEW:
+        try:
+            started = self.pruning.start(update_num, optimizer) if self.pruning is not None else None
+        except PruningError as err:
+            raise _user_error(err) from None
+        if started is Phase.NEW and hasattr(checkpoint_utils.save_checkpoint, "best"):
             # a new run tracks its own best loss, not one inherited from a --restore-file of another run
-            if hasattr(checkpoint_utils.save_checkpoint, "best"):
-                del checkpoint_utils.save_checkpoint.best
+            del checkpoint_utils.save_checkpoint.best
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
         if self.pruning is not None:
-            self.pruning.after_step(update_num)
+            try:
+                self.pruning.after_step(update_num)
+            except PruningError as err:
+                raise _user_error(err) from None
 
     # resume: fairseq stores this dict in the checkpoint's extra_state under the class name
     def get_checkpoint_dict(self):
