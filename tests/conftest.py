@@ -79,14 +79,15 @@ def run_tool(tool, *args, cwd=None, check=True, extra_env=None):
     return result
 
 
-def train(data, save_dir, *extra, check=True, max_update=12, model=TINY_MODEL, cwd=None, extra_env=None):
-    return run_tool("fairseq-train", *train_args(data, save_dir, *extra, max_update=max_update, model=model),
+def train(data, save_dir, *extra, check=True, max_update=12, model=TINY_MODEL, cwd=None, extra_env=None, cpu=True):
+    return run_tool("fairseq-train", *train_args(data, save_dir, *extra, max_update=max_update, model=model, cpu=cpu),
                     check=check, cwd=cwd, extra_env=extra_env)
 
 
-def train_args(data, save_dir, *extra, max_update=12, model=TINY_MODEL):
+def train_args(data, save_dir, *extra, max_update=12, model=TINY_MODEL, cpu=True):
+    training = TRAINING if cpu else [a for a in TRAINING if a != "--cpu"]
     return [data, "--user-dir", USER_DIR, "--task", "translation_slt", "--criterion", "label_smoothed_cross_entropy_slt",
-            *model, *TRAINING, "--max-update", max_update, "--save-dir", save_dir, *extra]
+            *model, *training, "--max-update", max_update, "--save-dir", save_dir, *extra]
 
 
 def wait_until_unlocked(folder, timeout=60):

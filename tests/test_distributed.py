@@ -136,3 +136,25 @@ def test_the_launcher_starts_every_rank_and_iterate_runs_through_it(data_bin, de
     for stage in ("dense", "slt_0.5"):
         log = open(os.path.join(work, stage, "train.log")).read()
         assert "identical on 2 ranks" in log, stage
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("lt", ["--prune-rewind-from", "rewind0"]), ("clt", []), ("clt", ["--prune-clt-random-signs"]),
+    ("slt", ["--prune-random-mask"]), ("slt", ["--prune-reinit"]), ("none", [])])
+def test_every_other_method_and_control_under_two_ranks(data_bin, dense_run, tmp_path, method, extra):
+    save = str(tmp_path / "ddp")
+    if method == "none":
+        options = ["--prune-method", "none"]
+    else:
+        rewind = dense_run["rewind0"] if "rewind0" in extra else dense_run["rewind4"]
+        options = ["--prune-method", method, "--prune-sparsity", "0.6", "--prune-mask-from", dense_run["best"],
+                   "--prune-rewind-from", rewind, *[e for e in extra if e not in ("--prune-rewind-from", "rewind0")]]
+    result = train_ranks(data_bin, save, *options, "--ddp-backend", "no_c10d", max_update=4)
+    if method == "none":
+        assert all(r.returncode == 0 for r in result)
+        found = checksums(result[0].stdout)
+        assert found["the last update (4)"][2] == 2
+        assert weights_checksum(load(os.path.join(save, "checkpoint_last.pt"))["model"]) == found["the last update (4)"][1]
+        return
+    mask, _ = assert_two_ranks_agree_with_the_checkpoint(result, save, 4)
+    assert all(int((~k).sum()) == pruned_count(0.6, k.numel()) for k in mask.values())

@@ -2,6 +2,7 @@
 import os
 from types import SimpleNamespace
 
+import pytest
 import torch
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from omegaconf import OmegaConf
@@ -113,4 +114,37 @@ def test_fp16_training_keeps_pruned_positions_zero_in_the_model_and_the_fp32_mas
     assert set(log_values(result.stdout, "masked_nonzero")) == {0.0} and max(log_values(result.stdout, "sparsity")) > 0.79
     mask = Mask.load(os.path.join(mp, "mask.pt"))
     last = load(os.path.join(mp, "checkpoint_last.pt"))["model"]
+    assert all(int((last[n][~k] != 0).sum()) == 0 for n, k in mask.items())
+
+
+def test_memory_efficient_fp16_training_keeps_pruned_weights_zero(data_bin, dense_run, tmp_path):
+    """--memory-efficient-fp16 keeps no fp32 copy of the weights (its fp32 state is the optimizer's moments)."""
+    for label, options in (("slt", ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from",
+                                    dense_run["best"], "--prune-rewind-from", dense_run["rewind4"]]),
+                           ("mp", ["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2",
+                                   "--prune-end", "8", "--prune-frequency", "2"])):
+        save = str(tmp_path / label)
+        # fairseq halves the model only with --fp16 (--memory-efficient-fp16 alone trains fp32 weights)
+        result = train(data_bin, save, "--fp16", "--memory-efficient-fp16", *options, "--save-rewind-points", "10",
+                       max_update=10)
+        assert "'memory_efficient_fp16': True" in result.stdout and "loss_scale" in result.stdout
+        assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}, label
+        mask = Mask.load(os.path.join(save, "mask.pt"))
+        assert abs(mask.sparsity() - 0.8) < 1e-3
+        live = load(os.path.join(save, "checkpoint_rewind_10.pt"))["model"]  # the training model, as it is
+        last = load(os.path.join(save, "checkpoint_last.pt"))["model"]  # fairseq writes these in fp32
+        for name, keep in mask.items():
+            assert live[name].dtype == torch.float16 and int((live[name][~keep] != 0).sum()) == 0, (label, name)
+            assert int((last[name][~keep] != 0).sum()) == 0 and int((last[name][keep] != 0).sum()) > 0, (label, name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: flattened --fp16 and --amp run only there")
+@pytest.mark.parametrize("precision", [["--fp16"], ["--amp"]])
+def test_gpu_precision_keeps_pruned_weights_zero(data_bin, dense_run, tmp_path, precision):
+    save = str(tmp_path / "gpu")
+    result = train(data_bin, save, *precision, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2",
+                   "--prune-end", "8", "--prune-frequency", "2", max_update=10, cpu=False)
+    assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}
+    mask = Mask.load(os.path.join(save, "mask.pt"))
+    last = load(os.path.join(save, "checkpoint_last.pt"))["model"]
     assert all(int((last[n][~k] != 0).sum()) == 0 for n, k in mask.items())
