@@ -126,7 +126,7 @@ class PruningRun:
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
         self.enforcer = MaskEnforcer(self.params)
         self.identity = run_identity(cfg, dictionaries)
-        self.epoch = 1
+        self.epoch, self.updates_done = 1, 0
         self.masters: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []  # fp16: the optimizer's fp32 copies
         self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
@@ -232,6 +232,7 @@ class PruningRun:
         if self.phase is Phase.RUNNING:
             return None
         started_from, self.phase = self.phase, Phase.RUNNING
+        self.updates_done = update_num
         self.masters = master_copies(optimizer)  # fixed for the optimizer's life: found once, used every step
         if started_from is Phase.NEW and self.method != "none":
             if self.start_mask is None:  # mp with s_0 from the weights it starts with
@@ -270,6 +271,7 @@ class PruningRun:
         """After the optimizer step of update ``update_num`` (0-based): prune (mp), re-apply the mask,
         save rewind points."""
         done, cfg = update_num + 1, self.cfg
+        self.updates_done = done
         self._stats = None
         if self.method == "mp" and is_pruning_step(done, cfg.prune_start, cfg.prune_end, cfg.prune_frequency):
             target = cubic_sparsity(done, self.initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end)
@@ -318,10 +320,14 @@ class PruningRun:
         mask.save(os.path.join(self.cfg.save_dir, MASK_FILE), os.path.join(self.cfg.save_dir, REPORT_FILE))
         self.mask_written = mask
 
-    # statistics for the criterion's log lines: computed once per update (the weights change only then)
-    def stats(self) -> Dict[str, int]:
+    # statistics for the criterion's log lines: measured on the updates fairseq logs (and in validation), once
+    def stats(self, training: bool = True) -> Dict[str, int]:
         """masked_nonzero counts pruned positions holding a nonzero value in the model and in every fp32
-        master copy, against the run's own mask."""
+        master copy, against the run's own mask. Two passes over the weights: measured only on updates
+        whose log line fairseq prints (it prints the last value logged), so they cost nothing otherwise."""
+        interval = int(getattr(self.cfg, "log_interval", 1) or 1)
+        if training and (self.updates_done + 1) % interval != 0:
+            return {}
         if self._stats is None:
             with torch.no_grad():
                 zeros = sum(int((p == 0).sum()) for p in self.params.values())

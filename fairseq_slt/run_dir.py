@@ -78,6 +78,7 @@ def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
     (a run to resume), False for a dir nobody has claimed. Writes nothing."""
     if not is_master:  # rank 0 owns the dir; other ranks are checked against rank 0 by checksums at start
         return os.path.isfile(os.path.join(save_dir, LAST))
+    os.makedirs(save_dir, exist_ok=True)  # as fairseq-train does first; a model built in a script may come first
     lock(save_dir)
     recorded = recorded_identity(save_dir)
     if recorded is None:

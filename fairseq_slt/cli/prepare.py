@@ -126,8 +126,9 @@ def prepare(args):
     if not os.path.exists(os.path.join(dest, "preprocess.log")):
         prefix = lambda split: os.path.join(spm_dir, split)  # noqa: E731
         tests = [split for split in sources if split.startswith("test")]
+        tool = shutil.which("fairseq-preprocess")  # else this Python's (a virtualenv not on PATH)
         command = [
-            shutil.which("fairseq-preprocess") or "fairseq-preprocess",
+            *([tool] if tool else [sys.executable, "-m", "fairseq_cli.preprocess"]),
             "--source-lang", args.src, "--target-lang", args.tgt, "--joined-dictionary",
             "--trainpref", prefix("train"), "--validpref", prefix("valid"),
             "--testpref", ",".join(prefix(t) for t in tests), "--destdir", dest + ".part", "--workers", str(args.workers),

@@ -15,7 +15,7 @@ class LabelSmoothedCrossEntropySLTCriterion(LabelSmoothedCrossEntropyCriterion):
         loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
         pruning = getattr(self.task, "pruning", None)
         if pruning is not None:
-            logging_output.update(pruning.stats())
+            logging_output.update(pruning.stats(training=model.training))
         return loss, sample_size, logging_output
 
     @classmethod

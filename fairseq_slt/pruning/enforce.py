@@ -42,26 +42,34 @@ class MaskEnforcer:
     def __init__(self, parameters: Dict[str, torch.nn.Parameter]):
         self.parameters = parameters
         self.mask: Optional[Mask] = None
-        self._device_masks: Dict[str, torch.Tensor] = {}
+        self._device_masks: Dict[str, torch.Tensor] = {}  # keep (bool), on each parameter's device
+        self._pruned: Dict[str, torch.Tensor] = {}  # ~keep, made once per mask
+        self._grad_masks: Dict[Tuple[str, torch.dtype], torch.Tensor] = {}  # keep as the gradient's dtype
         self._hooks = [p.register_hook(self._hook(n)) for n, p in parameters.items()]
 
     def _hook(self, name: str):
         def zero_masked_grad(grad: torch.Tensor) -> torch.Tensor:
             keep = self._device_masks.get(name)
-            return grad if keep is None else grad * keep.to(grad.dtype)
+            if keep is None:
+                return grad
+            factor = self._grad_masks.get((name, grad.dtype))
+            if factor is None:
+                factor = self._grad_masks[(name, grad.dtype)] = keep.to(grad.dtype)
+            return grad * factor
         return zero_masked_grad
 
     def set_mask(self, mask: Mask) -> None:
         mask.check_matches(self.parameters, "prunable parameters", exact=True)
         self.mask = mask
         self._device_masks = {n: m.to(self.parameters[n].device) for n, m in mask.items()}
+        self._pruned = {n: ~keep for n, keep in self._device_masks.items()}
+        self._grad_masks = {}
         self.apply()
 
     @torch.no_grad()
     def apply(self) -> None:
-        for name, keep in self._device_masks.items():
-            param = self.parameters[name]
-            param.masked_fill_(~keep, 0.0)
+        for name, pruned in self._pruned.items():
+            self.parameters[name].masked_fill_(pruned, 0.0)
 
     def _masked_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]):
         """(copy, its keep mask) for each copy of a masked parameter that has storage of its own."""

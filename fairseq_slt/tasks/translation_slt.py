@@ -58,6 +58,7 @@ class TranslationSLTConfig(TranslationConfig):
     ddp_backend: str = II("distributed_training.ddp_backend")
     cpu: bool = II("common.cpu")
     seed: int = II("common.seed")
+    log_interval: int = II("common.log_interval")
 
 
 def _user_error(err: PruningError) -> SystemExit:
