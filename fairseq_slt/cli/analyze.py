@@ -7,6 +7,7 @@ from typing import Dict
 import torch
 
 from ..checkpoints import Checkpoint
+from . import figures
 from ..pruning import Mask, PruningError, atomic_write_json, safe_load
 from ..pruning.mask import MASK_FORMAT
 
@@ -114,11 +115,7 @@ def short_labels(paths):
 
 
 def plot(result: dict, paths, target: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     layers, labels = list(result["inputs"][paths[0]]["layers"]), short_labels(paths)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers)), 4))
     width = 0.8 / len(paths)
@@ -130,9 +127,7 @@ def plot(result: dict, paths, target: str) -> None:
     ax.set_ylabel("sparsity")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(target + ".part.png", dpi=120)
-    os.replace(target + ".part.png", target)
+    figures.save(fig, target)
 
 
 def main(args):

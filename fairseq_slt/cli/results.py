@@ -13,7 +13,8 @@ import sys
 from typing import Dict, List, Optional
 
 from ..checkpoints import Checkpoint
-from ..pruning import PruningError, atomic_write_json
+from . import figures
+from ..pruning import PruningError, atomic_write_json, atomic_write_text
 from ..run_dir import LAST, MANIFEST
 
 SCORES = "scores.json"
@@ -245,11 +246,7 @@ def _mb(size: int) -> str:
 
 
 def plot(result: dict, target: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     rows = [r for r in result["rows"] if r["score"] is not None]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     dense = next((r for r in rows if r["label"] == "dense"), None)
@@ -263,9 +260,7 @@ def plot(result: dict, target: str) -> None:
     ax.set_ylabel("test BLEU")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(target + ".part.png", dpi=120)
-    os.replace(target + ".part.png", target)
+    figures.save(fig, target)
 
 
 def main(args):
@@ -274,11 +269,7 @@ def main(args):
         table = markdown(result, args.chrf)
         print(table, end="")
         if args.table:
-            folder = os.path.dirname(os.path.abspath(args.table))
-            os.makedirs(folder, exist_ok=True)
-            with open(args.table + ".part", "w") as handle:
-                handle.write(table)
-            os.replace(args.table + ".part", args.table)
+            atomic_write_text(table, args.table)
         if args.json:
             atomic_write_json(result, args.json)
         if args.plot:

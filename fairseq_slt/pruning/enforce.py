@@ -33,64 +33,72 @@ def prunable_parameters(
 
 
 class MaskEnforcer:
-    """Gradient hooks that zero masked gradients, plus ``apply()`` to zero masked weights.
+    """Hooks that zero masked gradients in place, plus ``apply()`` to zero masked weights.
 
     Hooks alone are not enough (Adam moments, weight decay and restored optimizer state move
-    masked weights), so ``apply()`` is called after every optimizer step too.
+    masked weights), so ``apply()`` is called after every optimizer step too. On the device the mask
+    is a multiplier in each tensor's dtype (0 or 1): ``mul_`` by it is ~5x faster than ``masked_fill_``
+    with a bool mask (measured on 46M weights: 10 vs 47 ms), at 4 bytes per fp32 weight. A pruned
+    weight is then +0.0 or -0.0, both exactly zero.
     """
 
     def __init__(self, parameters: Dict[str, torch.nn.Parameter]):
         self.parameters = parameters
         self.mask: Optional[Mask] = None
-        self._device_masks: Dict[str, torch.Tensor] = {}  # keep (bool), on each parameter's device
-        self._pruned: Dict[str, torch.Tensor] = {}  # ~keep, made once per mask
-        self._grad_masks: Dict[Tuple[str, torch.dtype], torch.Tensor] = {}  # keep as the gradient's dtype
-        self._hooks = [p.register_hook(self._hook(n)) for n, p in parameters.items()]
+        self._factors: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+        # after each gradient is accumulated into .grad (before all-reduce, clipping and the step): zeroed in place
+        self._hooks = [p.register_post_accumulate_grad_hook(self._hook(n)) for n, p in parameters.items()]
+
+    def _factor(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The mask as 0/1 in ``like``'s dtype and device (made once per mask, dtype and device)."""
+        key = (name, like.dtype, like.device)
+        factor = self._factors.get(key)
+        if factor is None:
+            factor = self._factors[key] = self.mask[name].to(device=like.device, dtype=like.dtype)
+        return factor
 
     def _hook(self, name: str):
-        def zero_masked_grad(grad: torch.Tensor) -> torch.Tensor:
-            keep = self._device_masks.get(name)
-            if keep is None:
-                return grad
-            factor = self._grad_masks.get((name, grad.dtype))
-            if factor is None:
-                factor = self._grad_masks[(name, grad.dtype)] = keep.to(grad.dtype)
-            return grad * factor
+        @torch.no_grad()
+        def zero_masked_grad(param: torch.Tensor) -> None:
+            if self.mask is not None and param.grad is not None:
+                param.grad.mul_(self._factor(name, param.grad))
         return zero_masked_grad
 
     def set_mask(self, mask: Mask) -> None:
         mask.check_matches(self.parameters, "prunable parameters", exact=True)
         self.mask = mask
-        self._device_masks = {n: m.to(self.parameters[n].device) for n, m in mask.items()}
-        self._pruned = {n: ~keep for n, keep in self._device_masks.items()}
-        self._grad_masks = {}
+        self._factors = {}
         self.apply()
 
     @torch.no_grad()
     def apply(self) -> None:
-        for name, pruned in self._pruned.items():
-            self.parameters[name].masked_fill_(pruned, 0.0)
+        if self.mask is None:
+            return
+        for name, param in self.parameters.items():
+            param.mul_(self._factor(name, param))
 
     def _masked_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]):
-        """(copy, its keep mask) for each copy of a masked parameter that has storage of its own."""
-        by_param = {id(self.parameters[n]): keep for n, keep in self._device_masks.items()}
+        """(copy, its 0/1 factor) for each copy of a masked parameter that has storage of its own."""
+        names = {id(p): n for n, p in self.parameters.items()}
         for param, copy in copies:
-            keep = by_param.get(id(param))
-            if keep is not None and copy.data_ptr() != param.data_ptr():
-                yield copy, keep.to(copy.device)
+            name = names.get(id(param))
+            if self.mask is not None and name is not None and copy.data_ptr() != param.data_ptr():
+                yield copy, self._factor(name, copy)
 
     @torch.no_grad()
     def apply_to_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
         """Zero the masked positions of other copies of the parameters (e.g. fp32 master weights)."""
-        for copy, keep in self._masked_copies(copies):
-            copy.masked_fill_(~keep, 0.0)
+        for copy, factor in self._masked_copies(copies):
+            copy.mul_(factor)
 
     @torch.no_grad()
     def masked_nonzero(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]] = ()) -> int:
         """Pruned positions whose value is not exactly 0.0, in the parameters and in ``copies``
         (e.g. fp32 master weights)."""
-        count = sum(int(((self.parameters[n] != 0) & ~keep).sum()) for n, keep in self._device_masks.items())
-        return count + sum(int(((copy != 0) & ~keep).sum()) for copy, keep in self._masked_copies(copies))
+        if self.mask is None:
+            return 0
+        count = sum(int(((p != 0) & (self._factor(n, p) == 0)).sum()) for n, p in self.parameters.items())
+        return count + sum(int(((copy != 0) & (factor == 0)).sum()) for copy, factor in self._masked_copies(copies))
 
     def remove(self) -> None:
         for handle in self._hooks:

@@ -69,3 +69,7 @@ def atomic_save(obj: Any, path: str) -> None:
 
 def atomic_write_json(obj: Any, path: str) -> None:
     _atomic_write(path, lambda handle: handle.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()))
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    _atomic_write(path, lambda handle: handle.write(text.encode()))
