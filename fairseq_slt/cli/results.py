@@ -218,6 +218,7 @@ def markdown(result: dict, chrf: bool) -> str:
                     key=lambda label: (ORDER.index(label.split(" ")[0]) if label.split(" ")[0] in ORDER else 99, label))
     dense = next((r for r in rows if r["label"] == "dense"), None)
     levels = sorted({r["target_sparsity"] for r in rows if r["label"] != "dense"})
+    labels = labels or ["dense"]  # only the dense run so far
 
     def cell(row):
         if row is None:
