@@ -3,7 +3,6 @@
 Called by the ``translation_slt`` task; holds no fairseq import so it can be tested directly.
 """
 import enum
-import hashlib
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Tuple
@@ -12,101 +11,15 @@ import torch
 
 from . import run_dir
 from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
-from .pruning import (Mask, MaskEnforcer, PruningError, check_sparsity, magnitude_mask, prunable_parameters,
-                      random_mask)
 from .master_weights import master_copies, sync_master_weights
-from .pruning.magnitude import SCOPES
+from .pruning import Mask, MaskEnforcer, PruningError, magnitude_mask, prunable_parameters, random_mask
 from .pruning.reinit import constant_weights
-from .pruning.schedule import check_schedule, cubic_sparsity, is_pruning_step
+from .pruning.schedule import cubic_sparsity, is_pruning_step
+from .ranks import all_ranks, weights_checksum
+from .run_options import parse_rewind_points, run_identity
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("none", "lt", "slt", "clt", "mp")
-FROM_CHECKPOINT = ("lt", "slt", "clt")  # methods whose mask and weights must come from earlier runs
-CONTROLS = {"prune_random_mask": FROM_CHECKPOINT, "prune_reinit": FROM_CHECKPOINT, "prune_clt_random_signs": ("clt",)}
 MASK_FILE, REPORT_FILE = "mask.pt", "mask_report.json"
-SCHEDULE_OPTIONS = ("prune_initial_sparsity", "prune_start", "prune_end", "prune_frequency")
-CPU_DDP_BACKENDS = ("legacy_ddp", "no_c10d")  # the others pass device_ids or need a GPU
-
-
-def parse_rewind_points(text: Optional[str]) -> List[int]:
-    if not text:
-        return []
-    try:
-        points = sorted({int(p) for p in str(text).split(",") if p.strip()})
-    except ValueError:
-        raise PruningError(f"--save-rewind-points must be comma-separated update numbers, got {text!r}") from None
-    if points and points[0] < 0:
-        raise PruningError(f"--save-rewind-points must not be negative, got {text!r}")
-    return points
-
-
-def validate_options(cfg, check_files: bool = True) -> None:
-    """Checks that need no model: one PruningError before anything is built or written (``check_files``:
-    that the checkpoints named exist; off for a plan of commands whose inputs come later)."""
-    if cfg.prune_method not in METHODS:
-        raise PruningError(f"--prune-method must be one of {', '.join(METHODS)}, got {cfg.prune_method!r}")
-    points = parse_rewind_points(cfg.save_rewind_points)
-    max_update = int(cfg.max_update or 0)
-    if points and max_update > 0 and points[-1] > max_update:
-        raise PruningError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
-    if cfg.prune_scope not in SCOPES:
-        raise PruningError(f"--prune-scope must be one of {', '.join(SCOPES)}, got {cfg.prune_scope!r}")
-    if cfg.cpu and int(cfg.distributed_world_size or 1) > 1 and cfg.ddp_backend not in CPU_DDP_BACKENDS:
-        raise PruningError(f"--ddp-backend {cfg.ddp_backend} does not run on CPU with several processes; "
-                           f"use {' or '.join(CPU_DDP_BACKENDS)}")
-    for control, methods in CONTROLS.items():
-        if getattr(cfg, control) and cfg.prune_method not in methods:
-            raise PruningError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(methods)}")
-    if cfg.prune_method == "none":
-        return
-    check_sparsity(cfg.prune_sparsity, "--prune-sparsity")
-    if cfg.prune_method == "mp":
-        check_schedule(cfg.prune_initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
-                       cfg.prune_frequency)
-        if max_update > 0 and cfg.prune_end > max_update:
-            raise PruningError(f"--prune-end {cfg.prune_end} is beyond the run's --max-update {max_update}: the run "
-                               f"would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
-    for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
-        if not path and cfg.prune_method in FROM_CHECKPOINT:
-            raise PruningError(f"--prune-method {cfg.prune_method} needs {option}")
-        if check_files and path and not os.path.isfile(path):
-            raise PruningError(f"{option} checkpoint not found: {path}")
-
-
-def run_identity(cfg, dictionaries: Optional[str]) -> dict:
-    """What makes a run this run (recorded in its save dir and checkpoints; see run_dir)."""
-    identity = {"method": cfg.prune_method}
-    if cfg.prune_method != "none":
-        identity.update({k: os.path.abspath(v) if v else None
-                         for k, v in (("mask_from", cfg.prune_mask_from), ("rewind_from", cfg.prune_rewind_from))})
-        identity.update({k: getattr(cfg, k) for k in ("prune_sparsity", "prune_scope", "prune_params")})
-        if cfg.prune_method == "mp":
-            identity.update({k: getattr(cfg, k) for k in SCHEDULE_OPTIONS})
-        identity.update({k: getattr(cfg, k) for k, methods in CONTROLS.items() if cfg.prune_method in methods})
-        identity["prune_seed"] = cfg.prune_seed
-    identity.update({"seed": cfg.seed, "dictionaries": dictionaries})
-    return identity
-
-
-def all_ranks(value):
-    """``value`` of every rank (all-gather over the default process group; just ours without one)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [value]
-    values = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(values, value)
-    return values
-
-
-@torch.no_grad()
-def weights_checksum(state: Dict[str, torch.Tensor]) -> str:
-    """A short SHA-256 over every entry of a state dict (a model's, a checkpoint's), in order."""
-    digest = hashlib.sha256()
-    for name, tensor in state.items():
-        digest.update(name.encode() + b"\0")
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
 
 class Phase(enum.Enum):
     NEW = "new"  # starts afresh: its mask and start weights are applied at the first update

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 
-import pytest
 import torch
 
 from conftest import load, log_values, train, train_killed_when, train_ranks

@@ -13,7 +13,8 @@ from omegaconf import II, OmegaConf
 
 from .. import broadcast_fix, clean_exit
 from ..pruning import PruningError
-from ..pruning_run import METHODS, Phase, PruningRun, validate_options
+from ..pruning_run import Phase, PruningRun
+from ..run_options import METHODS, validate_options
 from ..run_dir import LAST
 
 logger = logging.getLogger(__name__)
