@@ -2,8 +2,9 @@
 
 Variants, interleaved round by round on the same batches, model, seed and number of updates:
   dense        fairseq's translation training, no mask
-  plugin       translation_slt with an SLT mask at --sparsity (gradient hooks + one masked_fill after each
-               optimizer step + the per-update sparsity statistics of the log lines)
+  plugin       translation_slt with an SLT mask at --sparsity (pruned gradients zeroed in place after
+               backward, the weights after each optimizer step, statistics on logged updates)
+  plugin-dense-grads  the same with --prune-dense-gradients (only the weights zeroed after each step)
   torch-prune  the same mask with torch.nn.utils.prune.custom_from_mask (weight = weight_orig * mask in a
                forward pre-hook, on every forward)
   forward-mask the same mask multiplied into the weights before every forward (open_lth's way)
@@ -38,7 +39,7 @@ MODELS = {  # name -> (architecture options, --max-tokens per update)
 }
 TRAIN = ("--optimizer adam --adam-betas (0.9,0.98) --lr 0.0005 --lr-scheduler inverse_sqrt --warmup-updates 100 "
          "--weight-decay 0.0001 --label-smoothing 0.1 --cpu --num-workers 0 --seed 1 --no-progress-bar")
-VARIANTS = ("dense", "plugin", "torch-prune", "forward-mask")
+VARIANTS = ("dense", "plugin", "plugin-dense-grads", "torch-prune", "forward-mask")
 
 
 def config(data, model, max_tokens, save_dir, extra=()):
@@ -62,9 +63,11 @@ class Variant:
         from fairseq.trainer import Trainer
 
         extra = []
-        if name == "plugin":
+        if name.startswith("plugin"):
             extra = ["--prune-method", "slt", "--prune-sparsity", str(mask.sparsity()), "--prune-mask-from",
                      mask_checkpoint, "--prune-rewind-from", mask_checkpoint]
+            if name == "plugin-dense-grads":
+                extra.append("--prune-dense-gradients")
         cfg = config(data, model_args, max_tokens, os.path.join(work, name), extra)
         utils.set_torch_seed(1)
         self.task = tasks.setup_task(cfg.task)

@@ -37,7 +37,7 @@ class PruningRun:
         self.method, self.dictionaries = cfg.prune_method, dictionaries
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
-        self.enforcer = MaskEnforcer(self.params)
+        self.enforcer = MaskEnforcer(self.params, zero_gradients=not getattr(cfg, "prune_dense_gradients", False))
         self.identity = run_identity(cfg, dictionaries)
         self.epoch, self.updates_done = 1, 0
         self.masters: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []  # fp16: the optimizer's fp32 copies

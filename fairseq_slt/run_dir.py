@@ -23,7 +23,7 @@ OPTIONS = {
     "prune_initial_sparsity": "--prune-initial-sparsity", "prune_start": "--prune-start", "prune_end": "--prune-end",
     "prune_frequency": "--prune-frequency", "prune_random_mask": "--prune-random-mask",
     "prune_reinit": "--prune-reinit", "prune_clt_random_signs": "--prune-clt-random-signs",
-    "prune_seed": "--prune-seed", "seed": "--seed", "dictionaries": "the data's dictionaries",
+    "prune_seed": "--prune-seed", "prune_dense_gradients": "--prune-dense-gradients", "seed": "--seed", "dictionaries": "the data's dictionaries",
 }
 
 _held = {}  # path -> fd: locks live as long as the process

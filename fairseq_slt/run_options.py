@@ -72,5 +72,6 @@ def run_identity(cfg, dictionaries: Optional[str]) -> dict:
             identity.update({k: getattr(cfg, k) for k in SCHEDULE_OPTIONS})
         identity.update({k: getattr(cfg, k) for k, methods in CONTROLS.items() if cfg.prune_method in methods})
         identity["prune_seed"] = cfg.prune_seed
+        identity["prune_dense_gradients"] = bool(getattr(cfg, "prune_dense_gradients", False))
     identity.update({"seed": cfg.seed, "dictionaries": dictionaries})
     return identity

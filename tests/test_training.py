@@ -180,3 +180,24 @@ def test_stock_fairseq_loads_a_pruned_checkpoint(data_bin, slt_run):
     )
     result = run_tool("python", "-c", script)
     assert abs(float(result.stdout.split("zeros")[-1]) - 0.8) < 0.001
+
+
+def test_dense_gradients_train_the_same_weights_with_adam_and_no_clipping(data_bin, dense_run, tmp_path):
+    """--prune-dense-gradients leaves pruned weights' gradients in place (dense Adam state) and zeroes only the
+    weights after each step: Adam is elementwise and nothing is clipped, so the kept weights train the same."""
+    common = ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from", dense_run["best"],
+              "--prune-rewind-from", dense_run["rewind4"], "--clip-norm", "0"]
+    runs = {}
+    for label, extra in (("zeroed", []), ("dense", ["--prune-dense-gradients"])):
+        save = str(tmp_path / label)
+        result = train(data_bin, save, *common, *extra, max_update=8)
+        assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}
+        runs[label] = (load(os.path.join(save, "checkpoint_last.pt")), log_values(result.stdout, "gnorm"))
+    mask = saved_mask(os.path.join(tmp_path, "dense", "checkpoint_last.pt"))
+    zeroed, dense = runs["zeroed"][0]["model"], runs["dense"][0]["model"]
+    for name in zeroed:
+        assert torch.equal(zeroed[name], dense[name]), name  # the same weights, pruned ones exactly 0 in both
+    assert_masked_weights_zero(os.path.join(tmp_path, "dense", "checkpoint_last.pt"), mask)
+    assert runs["dense"][1] != runs["zeroed"][1]  # the gradients did differ: pruned weights' ones were kept
+    assert load(os.path.join(tmp_path, "dense", "checkpoint_last.pt"))["extra_state"][TASK_KEY]["identity"][
+        "prune_dense_gradients"] is True

@@ -42,12 +42,13 @@ class MaskEnforcer:
     weight is then +0.0 or -0.0, both exactly zero.
     """
 
-    def __init__(self, parameters: Dict[str, torch.nn.Parameter]):
+    def __init__(self, parameters: Dict[str, torch.nn.Parameter], zero_gradients: bool = True):
         self.parameters = parameters
         self.mask: Optional[Mask] = None
         self._factors: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         # after each gradient is accumulated into .grad (before all-reduce, clipping and the step): zeroed in place
-        self._hooks = [p.register_post_accumulate_grad_hook(self._hook(n)) for n, p in parameters.items()]
+        self._hooks = [p.register_post_accumulate_grad_hook(self._hook(n)) for n, p in parameters.items()
+                       if zero_gradients]
 
     def _factor(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """The mask as 0/1 in ``like``'s dtype and device (made once per mask, dtype and device)."""

@@ -47,6 +47,10 @@ class TranslationSLTConfig(TranslationConfig):
     prune_reinit: bool = field(default=False, metadata={
         "help": "control for lt/slt/clt: start from a fresh fairseq initialisation (seeded) instead of the rewind point"})
     prune_seed: int = field(default=1, metadata={"help": "seed of the random controls"})
+    prune_dense_gradients: bool = field(default=False, metadata={
+        "help": "keep the gradients of pruned weights and zero only the weights after each step (faster: "
+                "dense optimizer state); the same training with Adam or SGD and --clip-norm 0. Default: zeroed "
+                "before clipping and the step, so they count in no norm or optimizer state"})
     save_rewind_points: Optional[str] = field(default=None, metadata={
         "help": "comma-separated updates, e.g. 0,400: save the weights before update 1 (0) and right after "
                 "update K as checkpoint_rewind_K.pt in the save dir"})
