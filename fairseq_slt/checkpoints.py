@@ -67,6 +67,17 @@ class Checkpoint:
                                "(same sizes, other entries): another vocabulary")
 
 
+def unique_tensors(model: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The state dict's entries with tied aliases (the same storage, offset and shape) listed once."""
+    seen, chosen = set(), {}
+    for name, tensor in model.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            chosen[name] = tensor
+    return chosen
+
+
 def rewind_point_path(save_dir: str, update: int) -> str:
     return os.path.join(save_dir, f"checkpoint_rewind_{update}.pt")
 

@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from ..checkpoints import Checkpoint
+from ..checkpoints import Checkpoint, unique_tensors
 from . import figures
 from ..pruning import Mask, PruningError, atomic_write_json, safe_load
 from ..pruning.mask import MASK_FORMAT
@@ -23,13 +23,7 @@ def add_arguments(parser):
 
 def _weight_matrices(model: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """dim >= 2 entries, tied aliases (shared storage) once."""
-    seen, chosen = set(), {}
-    for name, tensor in model.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if tensor.dim() >= 2 and key not in seen:
-            seen.add(key)
-            chosen[name] = tensor
-    return chosen
+    return {name: tensor for name, tensor in unique_tensors(model).items() if tensor.dim() >= 2}
 
 
 def checkpoint_mask(checkpoint: Checkpoint) -> Mask:

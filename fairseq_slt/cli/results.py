@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional
 
-from ..checkpoints import Checkpoint
+from ..checkpoints import Checkpoint, unique_tensors
 from . import figures
 from ..pruning import PruningError, atomic_write_json, atomic_write_text
 from ..run_dir import LAST, MANIFEST
@@ -103,13 +103,9 @@ def finished(run: str) -> Optional[str]:
 def compact_bytes(checkpoint: Checkpoint) -> Dict[str, int]:
     """Bytes of the weights: dense fp32, and as a bitmap (1 bit per weight) plus the fp32 nonzero values
     for every masked matrix (other tensors dense). Tied tensors count once."""
-    mask, seen = checkpoint.mask(), set()
+    mask = checkpoint.mask()
     dense = compact = 0
-    for name, tensor in checkpoint.model.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
+    for name, tensor in unique_tensors(checkpoint.model).items():
         dense += 4 * tensor.numel()
         if mask is not None and name in mask:
             compact += (tensor.numel() + 7) // 8 + 4 * int(mask[name].sum())

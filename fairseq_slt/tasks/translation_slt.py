@@ -1,7 +1,6 @@
 """The ``translation_slt`` task: fairseq's translation task plus lottery-ticket pruning options."""
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -103,7 +102,7 @@ class TranslationSLTTask(TranslationTask):
                 self.pruning = PruningRun(self.cfg, model, self._full_config, fresh_init, self.dictionary_digest())
             except PruningError as err:
                 raise _user_error(err) from None
-            if self.pruning.resumed_from == os.path.join(self.cfg.save_dir, LAST):
+            if self.pruning.resumed_from == self.pruning.own_last:
                 self._resume_own_checkpoint()
         return model
 
