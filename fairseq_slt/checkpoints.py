@@ -9,6 +9,7 @@ from typing import Dict, Mapping, Optional
 import torch
 
 from .pruning import Mask, PruningError, atomic_save, safe_load
+from .pruning.compact import aliases
 
 TASK_KEY = "TranslationSLTTask"  # fairseq files task state under the task's class name
 
@@ -69,13 +70,18 @@ class Checkpoint:
 
 def unique_tensors(model: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The state dict's entries with tied aliases (the same storage, offset and shape) listed once."""
-    seen, chosen = set(), {}
-    for name, tensor in model.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen.add(key)
-            chosen[name] = tensor
-    return chosen
+    return {name: model[name] for name, first in aliases(model).items() if first == name}
+
+
+def inference_state(state: dict) -> dict:
+    """The checkpoint without what only training needs: optimizer state, meters and the plugin's stored
+    mask (the weights' zeros are the mask); cfg, args, history and the rest of the extra state stay."""
+    kept = {key: value for key, value in state.items() if key not in ("model", "last_optimizer_state")}
+    extra = {key: value for key, value in (kept.get("extra_state") or {}).items() if key != "metrics"}
+    if isinstance(extra.get(TASK_KEY), dict):
+        extra[TASK_KEY] = {key: value for key, value in extra[TASK_KEY].items() if key != "mask"}
+    kept["extra_state"] = extra
+    return kept
 
 
 def rewind_point_path(save_dir: str, update: int) -> str:

@@ -13,6 +13,8 @@ SUBCOMMANDS = {
     "analyze": ("analyze", "per-layer sparsity, mask overlap and sign agreement of masks/checkpoints"),
     "options": ("options", "list the --prune-* options the plugin adds to fairseq-train, with defaults and help"),
     "results": ("results", "finished runs -> the paper's Table 1 (Markdown), a BLEU-vs-sparsity plot and JSON"),
+    "compress": ("compress", "a pruned checkpoint -> a compact file: per matrix a coded bitmap + kept values"),
+    "decompress": ("decompress", "a compact file -> a standard fairseq checkpoint (bit-identical fp32 weights)"),
     "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),
     "link-user-dir": (None, "make '--user-dir fairseq_slt' work from any folder after an editable install"),
 }

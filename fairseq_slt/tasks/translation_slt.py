@@ -1,4 +1,5 @@
 """The ``translation_slt`` task: fairseq's translation task plus lottery-ticket pruning options."""
+import atexit
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import broadcast_fix, clean_exit
+from .. import broadcast_fix, clean_exit, sparse_inference
 from ..pruning import PruningError
 from ..pruning_run import Phase, PruningRun
 from ..run_options import METHODS, validate_options
@@ -53,6 +54,10 @@ class TranslationSLTConfig(TranslationConfig):
     save_rewind_points: Optional[str] = field(default=None, metadata={
         "help": "comma-separated updates, e.g. 0,400: save the weights before update 1 (0) and right after "
                 "update K as checkpoint_rewind_K.pt in the save dir"})
+    sparse_inference: bool = field(default=False, metadata={
+        "help": "fairseq-generate/interactive: run pruned linear layers (at least half zeros) as CSR matmuls "
+                "where a timing on first use finds them faster than dense, per layer shape, input rows and "
+                "thread count (CPU only)"})
     # read from fairseq's other option groups
     max_update: int = II("optimization.max_update")
     save_dir: str = II("checkpoint.save_dir")
@@ -91,6 +96,9 @@ class TranslationSLTTask(TranslationTask):
         return super().setup_task(cfg, **kwargs)
 
     def build_model(self, cfg, from_checkpoint=False):
+        if self.cfg.sparse_inference and not from_checkpoint:
+            raise SystemExit("fairseq-slt: error: --sparse-inference is an option of fairseq-generate and "
+                             "fairseq-interactive, not of training")
         model = super().build_model(cfg, from_checkpoint)
         if not from_checkpoint:
             fresh_init = None
@@ -152,6 +160,22 @@ class TranslationSLTTask(TranslationTask):
                 self.pruning.after_step(update_num)
             except PruningError as err:
                 raise _user_error(err) from None
+
+    def build_generator(self, models, args, **kwargs):
+        if self.cfg.sparse_inference:
+            self._sparsify(models)
+        return super().build_generator(models, args, **kwargs)
+
+    def _sparsify(self, models) -> None:
+        if any(p.device.type != "cpu" for model in models for p in model.parameters()):
+            raise SystemExit("fairseq-slt: error: --sparse-inference runs on CPU only (add --cpu)")
+        self.sparse_plan = plan = sparse_inference.Plan()
+        atexit.register(lambda: [logger.info(f"--sparse-inference: {line}") for line in plan.summary()])
+        for model in models:
+            replaced = sparse_inference.sparsify(model, self.sparse_plan)
+            logger.info(f"--sparse-inference: {len(replaced)} linear layers with at least "
+                        f"{100 * sparse_inference.MIN_SPARSITY:g} % zeros get a CSR copy; dense or sparse is "
+                        "timed per shape, input rows and threads on first use")
 
     # resume: fairseq stores this dict in the checkpoint's extra_state under the class name
     def get_checkpoint_dict(self):

@@ -1,0 +1,83 @@
+"""``fairseq-slt compress``: a pruned checkpoint -> a compact one (bitmap + kept values per pruned matrix)."""
+import io
+import lzma
+import os
+import sys
+
+import torch
+
+from ..checkpoints import Checkpoint, inference_state
+from ..pruning import PruningError, atomic_save, atomic_write_json
+from ..pruning.compact import VALUE_DTYPES, compress, expand, is_compact, matrix_sparsity
+
+
+def add_arguments(parser):
+    parser.add_argument("input", metavar="IN", help="a pruned fairseq checkpoint (e.g. checkpoint_best.pt)")
+    parser.add_argument("output", metavar="OUT", help="the compact checkpoint to write "
+                        "(fairseq-generate --user-dir fairseq_slt --path OUT reads it directly)")
+    parser.add_argument("--values", choices=list(VALUE_DTYPES), default="fp32",
+                        help="dtype of the kept values (fp32: bit-exact; fp16/bf16: rounded, about half the size)")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--xz-baseline", action="store_true",
+                        help="also report xz -9 of IN and of IN's weights as a plain dense checkpoint (slow)")
+    parser.add_argument("--json", help="write the size report (totals and every tensor) as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="print the totals only, not every layer")
+
+
+def main(args):
+    try:
+        report = run(args)
+    except PruningError as err:
+        sys.exit(f"fairseq-slt compress: error: {err}")
+    print_report(report, args.quiet)
+    return 0
+
+
+def run(args) -> dict:
+    if os.path.exists(args.output) and not args.force:
+        raise PruningError(f"{args.output} exists; pass --force to overwrite it")
+    checkpoint = Checkpoint(args.input, "input checkpoint", state=_load_input(args.input))
+    state, rows = compress(checkpoint.model, inference_state(checkpoint.state), args.values)
+    atomic_save(state, args.output)
+    dense = sum(row["dense_fp32_bytes"] for row in rows)
+    report = {"input": args.input, "output": args.output, "values": args.values,
+              "weight_sparsity": matrix_sparsity(rows), "dense_fp32_bytes": dense,
+              "input_bytes": os.path.getsize(args.input), "compact_bytes": os.path.getsize(args.output),
+              "tensors": rows}
+    report["compact_ratio"] = report["compact_bytes"] / dense
+    if args.xz_baseline:
+        with open(args.input, "rb") as handle:
+            report["xz_input_bytes"] = len(lzma.compress(handle.read(), preset=9))
+        plain = io.BytesIO()
+        torch.save(dict(inference_state(checkpoint.state), model=expand(state)), plain)
+        report["xz_dense_weights_bytes"] = len(lzma.compress(plain.getvalue(), preset=9))
+    if args.json:
+        atomic_write_json(report, args.json)
+    return report
+
+
+def _load_input(path: str):
+    from ..pruning import safe_load
+    state = safe_load(path, "input checkpoint")
+    if is_compact(state):
+        raise PruningError(f"{path} is a compact checkpoint already (fairseq-slt decompress restores it)")
+    return state
+
+
+def print_report(report: dict, quiet: bool = False) -> None:
+    dense = report["dense_fp32_bytes"]
+    lines = [f"{report['input']}: weight matrices {100 * report['weight_sparsity']:.2f} % zeros",
+             f"  dense fp32 weights  {dense:>12,} bytes",
+             f"  compact file        {report['compact_bytes']:>12,} bytes = {100 * report['compact_ratio']:.2f} % "
+             f"(values {report['values']}{', bit-exact' if report['values'] == 'fp32' else ''}): {report['output']}"]
+    for key, label in (("xz_input_bytes", "xz -9 of IN"), ("xz_dense_weights_bytes", "xz -9 dense weights")):
+        if key in report:
+            lines.append(f"  {label:<19} {report[key]:>12,} bytes = {100 * report[key] / dense:.2f} %")
+    if not quiet:
+        lines.append(f"  {'tensor':<52} {'shape':>12} {'zeros':>8} {'bytes':>10} {'of fp32':>8}")
+        for row in report["tensors"]:
+            zeros = "" if row.get("nonzero") is None else f"{100 * (1 - row['nonzero'] / row['numel']):.1f} %"
+            share = f"{100 * row['bytes'] / row['dense_fp32_bytes']:.1f} %" if row["dense_fp32_bytes"] else ""
+            shape = "x".join(map(str, row["shape"]))
+            lines.append(f"  {row['name']:<52} {shape:>12} {zeros:>8} {row['bytes']:>10,} {share:>8}")
+    print("\n".join(lines))

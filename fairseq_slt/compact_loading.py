@@ -1,0 +1,46 @@
+"""fairseq reads compact checkpoints (``fairseq-slt compress``) directly: ``--path compact.pt``.
+
+Every fairseq tool (generate, interactive, validate, a --restore-file) loads checkpoints through
+``checkpoint_utils.load_checkpoint_to_cpu``.  Installed by the plugin's import, this wraps it: a
+compact file is expanded in memory (checksum verified, the same weights-only load as every other file)
+and post-processed as fairseq does; any other file goes to fairseq's own function unchanged.
+"""
+from fairseq import checkpoint_utils
+from fairseq.dataclass.utils import overwrite_args_by_name
+from fairseq.file_io import PathManager
+from omegaconf import OmegaConf
+
+from .pruning import PruningError, safe_load
+from .pruning.compact import expand, is_compact
+
+_fairseq_load = None
+
+
+def install() -> None:
+    global _fairseq_load
+    if _fairseq_load is None:
+        _fairseq_load = checkpoint_utils.load_checkpoint_to_cpu
+        checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+
+def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+    local = PathManager.get_local_path(path)
+    try:
+        try:
+            state = safe_load(local, "checkpoint", mmap=True)  # cheap: tensors stay on disk until used
+        except PruningError:
+            state = safe_load(local, "checkpoint")  # files in torch's legacy (non-zip) format cannot be mapped
+        if not is_compact(state):
+            return _fairseq_load(path, arg_overrides, load_on_all_ranks)
+        state = dict(state["checkpoint"], model=expand(state, f"compact checkpoint {path}"))
+    except PruningError as err:
+        raise SystemExit(f"fairseq-slt: error: {err}") from None
+    # what fairseq's load_checkpoint_to_cpu does after torch.load
+    if state.get("args") is not None and arg_overrides is not None:
+        for name, value in arg_overrides.items():
+            setattr(state["args"], name, value)
+    if state.get("cfg") is not None:
+        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+        if arg_overrides is not None:
+            overwrite_args_by_name(state["cfg"], arg_overrides)
+    return checkpoint_utils._upgrade_state_dict(state)

@@ -1,0 +1,170 @@
+"""Compact checkpoints: each pruned weight matrix as an entropy-coded bitmap plus its kept values.
+
+A matrix with zeros is stored as (1) the bitmap of its nonzero entries, bit-packed and LZMA-coded, and
+(2) its nonzero values in the chosen dtype, byte-planes split (all high bytes, then the next, ...) and
+LZMA-coded: the sign/exponent plane of trained weights codes to a few bits, the mantissa planes stay
+as they are.  Vectors and matrices without zeros are stored as tensors.  With fp32 values the round trip
+is bit-exact (zeros are told apart by bit pattern, so -0.0 survives).  Nothing here imports fairseq.
+"""
+import hashlib
+import json
+import lzma
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .io import PruningError
+
+FORMAT = "fairseq-slt-compact"
+VERSION = 1
+VALUE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MIN_SPARSITY = 0.1  # a checkpoint whose weight matrices are less sparse than this is refused as dense
+_LZMA = dict(format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}])
+
+
+def aliases(model: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+    """name -> the first name holding the same tensor (tied embeddings); a name maps to itself if first."""
+    first: Dict[tuple, str] = {}
+    result = {}
+    for name, tensor in model.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        result[name] = first.setdefault(key, name)
+    return result
+
+
+def _bytes(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's raw bytes as a (numel, itemsize) uint8 array."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().reshape(flat.numel(), flat.element_size())
+
+
+def _split_planes(values: np.ndarray) -> bytes:
+    return np.ascontiguousarray(values.T).tobytes()
+
+
+def _join_planes(data: bytes, count: int, itemsize: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(itemsize, count).T
+
+
+def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32") -> Tuple[dict, List[dict]]:
+    """(compact state, per-tensor report rows) for a state dict; ``meta``: the rest of the checkpoint.
+
+    Every byte of weights goes into one blob (one storage in the file); ``index`` locates each tensor."""
+    if values not in VALUE_DTYPES:
+        raise PruningError(f"--values must be one of {', '.join(VALUE_DTYPES)}, not {values}")
+    value_dtype = VALUE_DTYPES[values]
+    entries, blobs, report, offset = [], [], [], 0
+    matrix_total = matrix_zeros = 0
+
+    def put(data: bytes) -> List[int]:
+        nonlocal offset
+        blobs.append(data)
+        offset += len(data)
+        return [offset - len(data), len(data)]
+
+    for name, first in aliases(model).items():
+        if first != name:
+            entries.append({"name": name, "kind": "alias", "of": first})
+            continue
+        tensor = model[name].detach()
+        entry = {"name": name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)}
+        stored = tensor.to(value_dtype) if tensor.is_floating_point() else tensor
+        nonzero = _bytes(tensor).any(axis=1) if tensor.is_floating_point() and tensor.dim() >= 2 else None
+        if nonzero is not None:
+            matrix_total += nonzero.size
+            matrix_zeros += int(nonzero.size - nonzero.sum())
+        row = {"name": name, "shape": list(tensor.shape), "numel": tensor.numel(),
+               "nonzero": None if nonzero is None else int(nonzero.sum()),
+               "dense_fp32_bytes": tensor.numel() * 4 if tensor.is_floating_point() else 0}
+        dense_bytes = stored.numel() * stored.element_size()
+        bitmap = kept = b""
+        if nonzero is not None and not nonzero.all():
+            bitmap = lzma.compress(np.packbits(nonzero).tobytes(), **_LZMA)
+            kept = lzma.compress(_split_planes(_bytes(stored.reshape(-1)[torch.from_numpy(nonzero)])), **_LZMA)
+        if bitmap and len(bitmap) + len(kept) < dense_bytes:
+            entry.update(kind="packed", stored=_dtype_name(value_dtype), nonzero=row["nonzero"],
+                         bitmap=put(bitmap), values=put(kept))
+            row.update(kind="packed", bytes=len(bitmap) + len(kept), bitmap_bytes=len(bitmap), values_bytes=len(kept))
+        else:
+            entry.update(kind="dense", stored=_dtype_name(stored.dtype), data=put(_bytes(stored).tobytes()))
+            row.update(kind="dense", bytes=dense_bytes)
+        entries.append(entry)
+        report.append(row)
+    if matrix_total == 0 or matrix_zeros < MIN_SPARSITY * matrix_total:
+        raise PruningError(
+            f"the checkpoint is dense (its weight matrices are {100 * matrix_zeros / max(matrix_total, 1):.2f} % "
+            f"zeros, below {100 * MIN_SPARSITY:.0f} %): a compact file would be no smaller; compress a pruned checkpoint")
+    index = lzma.compress(json.dumps(entries).encode(), **_LZMA)
+    blob = torch.frombuffer(bytearray(index + b"".join(blobs)), dtype=torch.uint8)
+    state = {"format": FORMAT, "version": VERSION, "values": values, "index": len(index),
+             "checkpoint": meta, "blob": blob}
+    state["sha256"] = _checksum(state)
+    return state, report
+
+
+def is_compact(state) -> bool:
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def expand(state: dict, source: str = "compact checkpoint") -> Dict[str, torch.Tensor]:
+    """The state dict a compact state was made from (tied names share one tensor again)."""
+    if not is_compact(state):
+        raise PruningError(f"{source} is not a compact checkpoint (made by fairseq-slt compress)")
+    if state.get("version") != VERSION:
+        raise PruningError(f"{source} has compact format version {state.get('version')}; this fairseq-slt reads {VERSION}")
+    try:
+        intact = state.get("sha256") == _checksum(state)
+    except Exception:  # a structure too damaged to hash
+        intact = False
+    if not intact:
+        raise PruningError(f"{source} is corrupt: its checksum does not match its content")
+    blob = state["blob"].numpy().tobytes()
+    index, blob = blob[:state["index"]], memoryview(blob)[state["index"]:]
+    model: Dict[str, torch.Tensor] = {}
+    for entry in json.loads(lzma.decompress(index, **_LZMA)):
+        name = entry["name"]
+        if entry["kind"] == "alias":
+            model[name] = model[entry["of"]]
+        elif entry["kind"] == "dense":
+            start, length = entry["data"]
+            raw = torch.frombuffer(bytearray(blob[start:start + length]), dtype=torch.uint8)
+            stored = raw.view(getattr(torch, entry["stored"])).reshape(entry["shape"])
+            model[name] = stored.to(getattr(torch, entry["dtype"]))
+        else:
+            model[name] = _unpack(entry, blob)
+    return model
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _unpack(entry: dict, blob) -> torch.Tensor:
+    shape, count = entry["shape"], entry["nonzero"]
+    numel = int(np.prod(shape)) if shape else 1
+    stored = getattr(torch, entry["stored"])
+    itemsize = torch.empty(0, dtype=stored).element_size()
+    (b_start, b_len), (v_start, v_len) = entry["bitmap"], entry["values"]
+    nonzero = np.unpackbits(np.frombuffer(lzma.decompress(blob[b_start:b_start + b_len], **_LZMA), np.uint8),
+                            count=numel).astype(bool)
+    planes = lzma.decompress(blob[v_start:v_start + v_len], **_LZMA)
+    kept = torch.from_numpy(_join_planes(planes, count, itemsize).copy()).view(stored).reshape(-1)
+    tensor = torch.zeros(numel, dtype=getattr(torch, entry["dtype"]))
+    tensor[torch.from_numpy(nonzero)] = kept.to(tensor.dtype)
+    return tensor.reshape(shape)
+
+
+def _checksum(state: dict) -> str:
+    """SHA-256 over the format fields and the blob (the index and every byte of every tensor)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([state[key] for key in ("format", "version", "values", "index")]).encode())
+    digest.update(state["blob"].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def matrix_sparsity(report: List[dict]) -> Optional[float]:
+    """Fraction of zeros over the floating weight matrices in a compress report."""
+    rows = [row for row in report if len(row["shape"]) >= 2 and row.get("nonzero") is not None]
+    total = sum(row["numel"] for row in rows)
+    return 1 - sum(row["nonzero"] for row in rows) / total if total else None

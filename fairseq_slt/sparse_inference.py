@@ -1,0 +1,113 @@
+"""Sparse inference on CPU: pruned linear layers as CSR matmuls where that is faster than dense.
+
+``sparsify(model)`` replaces every ``nn.Linear`` whose weight is mostly zeros by a ``SparseLinear``
+that keeps the same weight and bias parameters (state_dict keys and code reading ``.weight`` are
+unchanged) plus a CSR copy of the weight.  Whether the CSR matmul pays depends on the layer's shape and
+density, the number of input rows and the thread count, so a ``Plan`` measures it: the first time a
+(shape, density, rows bucket, threads) combination is met it times dense and sparse on an input of
+that size and remembers the faster.  Rows are bucketed by powers of two.  Torch only, no fairseq.
+"""
+import logging
+import time
+import warnings
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+MIN_SPARSITY = 0.5  # below this CSR never beat dense here; such layers are left alone
+MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
+
+
+class Plan:
+    """Dense-or-sparse decisions per (out, in, density %, rows bucket, threads), measured on first use."""
+
+    def __init__(self, min_seconds: float = 0.002, repeats: int = 3):
+        self.min_seconds, self.repeats = min_seconds, repeats
+        self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[bool, float, float]] = {}
+        self.calibration_seconds = 0.0
+
+    def sparse_pays(self, layer: "SparseLinear", rows: int) -> bool:
+        bucket = 1 << max(rows - 1, 0).bit_length()
+        key = (layer.out_features, layer.in_features, round(100 * layer.density), bucket, torch.get_num_threads())
+        if key not in self.decisions:
+            started = time.perf_counter()
+            sample = torch.randn(bucket, layer.in_features, dtype=layer.weight.dtype)
+            dense = self._time(lambda: layer.dense(sample))
+            sparse = self._time(lambda: layer.sparse(sample))
+            self.decisions[key] = (sparse < MARGIN * dense, dense, sparse)
+            self.calibration_seconds += time.perf_counter() - started
+        return self.decisions[key][0]
+
+    def _time(self, run) -> float:
+        with torch.no_grad():
+            run()  # warm-up
+            best, spent, count = float("inf"), 0.0, 0
+            while count < self.repeats or spent < self.min_seconds:
+                started = time.perf_counter()
+                run()
+                elapsed = time.perf_counter() - started
+                best, spent, count = min(best, elapsed), spent + elapsed, count + 1
+        return best
+
+    def summary(self) -> List[str]:
+        """One line per layer shape: the row buckets where sparse was chosen, with the measured ratio."""
+        lines = []
+        for (out, inp, density, bucket, threads), (sparse, dense_s, sparse_s) in sorted(self.decisions.items()):
+            lines.append(f"{out}x{inp} at {100 - density} % zeros, {threads} thread(s), rows <= {bucket}: "
+                         f"{'sparse' if sparse else 'dense'} ({dense_s / sparse_s:.2f}x dense speed)")
+        return lines
+
+
+class SparseLinear(nn.Module):
+    """``nn.Linear`` with a CSR copy of its weight, used where the plan finds it faster."""
+
+    def __init__(self, linear: nn.Linear, plan: Plan):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias  # the same parameters: state_dict unchanged
+        weight = linear.weight.detach()
+        with warnings.catch_warnings():  # torch's "CSR support is in beta" notes, on every layer
+            warnings.simplefilter("ignore", UserWarning)
+            csr = weight.to_sparse_csr()
+            index = torch.int32 if csr.values().numel() < 2 ** 31 else torch.int64
+            self.csr = torch.sparse_csr_tensor(csr.crow_indices().to(index), csr.col_indices().to(index),
+                                               csr.values(), size=csr.shape)
+        self.density = csr.values().numel() / max(weight.numel(), 1)
+        self.plan = plan
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def sparse(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).t()
+        if self.bias is None:
+            out = torch.mm(self.csr, flat)
+        else:
+            out = torch.addmm(self.bias.unsqueeze(1), self.csr, flat)
+        return out.t().contiguous().reshape(*x.shape[:-1], self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows and not torch.is_grad_enabled() and self.plan.sparse_pays(self, rows):
+            return self.sparse(x)
+        return self.dense(x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
+
+
+def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY) -> List[str]:
+    """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names."""
+    targets = []
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            if type(child) is nn.Linear and child.weight.device.type == "cpu":
+                zeros = float((child.weight.detach() == 0).float().mean())
+                if zeros >= min_sparsity:
+                    targets.append((parent, child_name, f"{parent_name}.{child_name}".lstrip(".")))
+    for parent, child_name, _ in targets:
+        setattr(parent, child_name, SparseLinear(getattr(parent, child_name), plan))
+    return [name for _, _, name in targets]
