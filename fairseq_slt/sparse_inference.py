@@ -10,7 +10,7 @@ that size and remembers the faster.  Rows are bucketed by powers of two.  Torch 
 import logging
 import time
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,19 @@ MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (
 class Plan:
     """Dense-or-sparse decisions per (out, in, density %, rows bucket, threads), measured on first use."""
 
-    def __init__(self, min_seconds: float = 0.002, repeats: int = 3):
-        self.min_seconds, self.repeats = min_seconds, repeats
+    def __init__(self, min_seconds: float = 0.002, repeats: int = 3, always: Optional[bool] = None):
+        """``always``: True/False forces sparse/dense everywhere (for comparisons), None times it."""
+        self.min_seconds, self.repeats, self.always = min_seconds, repeats, always
         self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[bool, float, float]] = {}
         self.calibration_seconds = 0.0
+        self.calls = {"sparse": 0, "dense": 0}
 
     def sparse_pays(self, layer: "SparseLinear", rows: int) -> bool:
+        chosen = self._decide(layer, rows) if self.always is None else self.always
+        self.calls["sparse" if chosen else "dense"] += 1
+        return chosen
+
+    def _decide(self, layer: "SparseLinear", rows: int) -> bool:
         bucket = 1 << max(rows - 1, 0).bit_length()
         key = (layer.out_features, layer.in_features, round(100 * layer.density), bucket, torch.get_num_threads())
         if key not in self.decisions:
@@ -54,7 +61,9 @@ class Plan:
 
     def summary(self) -> List[str]:
         """One line per layer shape: the row buckets where sparse was chosen, with the measured ratio."""
-        lines = []
+        total = sum(self.calls.values())
+        lines = [f"{self.calls['sparse']} of {total} linear-layer calls ran sparse; timing took "
+                 f"{self.calibration_seconds:.2f} s"] if total else []
         for (out, inp, density, bucket, threads), (sparse, dense_s, sparse_s) in sorted(self.decisions.items()):
             lines.append(f"{out}x{inp} at {100 - density} % zeros, {threads} thread(s), rows <= {bucket}: "
                          f"{'sparse' if sparse else 'dense'} ({dense_s / sparse_s:.2f}x dense speed)")

@@ -1,0 +1,143 @@
+"""Compact checkpoints: bit-exact round trip, size, direct loading in fairseq-generate, bad input."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import load, run_tool
+from fairseq_slt.pruning import PruningError, atomic_save
+from fairseq_slt.pruning.compact import aliases, compress, expand
+
+
+def _bits(tensor):
+    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def _hypotheses(data_bin, path, *extra):
+    result = run_tool("fairseq-generate", data_bin, "--user-dir", "fairseq_slt", "--task", "translation_slt",
+                      "--path", path, "--gen-subset", "test", "--beam", 5, "--batch-size", 32, "--max-len-b", 30, "--cpu",
+                      *extra)
+    lines = sorted((line for line in result.stdout.splitlines() if line.startswith("H-")),
+                   key=lambda line: int(line.split("\t")[0][2:]))
+    assert len(lines) >= 90, result.stdout[-2000:]  # the slice's longest sentences are skipped
+    return [line.split("\t")[2] for line in lines], result
+
+
+@pytest.fixture(scope="module")
+def signed_zero_checkpoint(slt_run, tmp_path_factory):
+    """The SLT checkpoint with one kept weight set to -0.0 (a zero whose bits are not zero)."""
+    state = load(slt_run["best"])
+    weight = state["model"]["decoder.layers.0.fc1.weight"]
+    position = int(torch.nonzero(weight.view(-1))[0])
+    weight.view(-1)[position] = -0.0
+    path = str(tmp_path_factory.mktemp("signed") / "checkpoint.pt")
+    atomic_save(state, path)
+    return path
+
+
+def test_round_trip_is_bit_exact_and_generate_reads_the_compact_file(data_bin, slt_run, signed_zero_checkpoint,
+                                                                      tmp_path):
+    compact, restored = str(tmp_path / "compact.pt"), str(tmp_path / "restored.pt")
+    run_tool("fairseq-slt", "compress", signed_zero_checkpoint, compact)
+    run_tool("fairseq-slt", "decompress", compact, restored)
+    original, back = load(signed_zero_checkpoint), load(restored)
+    assert list(back["model"]) == list(original["model"])
+    for name, tensor in original["model"].items():
+        assert back["model"][name].dtype == tensor.dtype and torch.equal(_bits(back["model"][name]), _bits(tensor)), name
+    minus_zero = back["model"]["decoder.layers.0.fc1.weight"]
+    assert (minus_zero.view(torch.int32) == -2 ** 31).sum() == 1  # -0.0 kept its sign bit
+    assert set(aliases(back["model"]).values()) == set(aliases(original["model"]).values())  # tied once again
+    assert back["cfg"] == original["cfg"] and "last_optimizer_state" not in back
+    # fairseq-generate on the compact file itself, the restored file and the original: the same translations
+    expected, _ = _hypotheses(data_bin, signed_zero_checkpoint)
+    direct, result = _hypotheses(data_bin, compact)
+    assert direct == expected and _hypotheses(data_bin, restored)[0] == expected
+    assert "Traceback" not in result.stderr
+
+
+def test_compact_size_is_within_the_entropy_bound_and_reported_truly(slt_run, tmp_path):
+    """Per pruned matrix: the coded bitmap within 10 % of n*H(p) bits, the coded values below 4 bytes each;
+    the file's size is what the report says; fp16 values about halve the values."""
+    compact, report_path = str(tmp_path / "compact.pt"), str(tmp_path / "report.json")
+    run_tool("fairseq-slt", "compress", slt_run["best"], compact, "--json", report_path)
+    report = json.load(open(report_path))
+    model = load(slt_run["best"])["model"]
+    assert report["compact_bytes"] == os.path.getsize(compact)
+    assert abs(report["weight_sparsity"] - 0.8) < 1e-3
+    packed = [row for row in report["tensors"] if row["kind"] == "packed"]
+    assert len(packed) == sum(1 for name, first in aliases(model).items() if first == name and model[name].dim() >= 2)
+    for row in packed:
+        n, kept = row["numel"], row["nonzero"]
+        assert kept == int((model[row["name"]] != 0).sum())
+        p = kept / n
+        entropy_bytes = n * -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) / 8
+        assert row["bitmap_bytes"] <= 1.1 * entropy_bytes + 64, row
+        assert row["values_bytes"] < 4 * kept, row
+    dense = report["dense_fp32_bytes"]
+    assert dense == 4 * sum(model[name].numel() for name, first in aliases(model).items() if first == name)
+    weights_bound = sum(r["numel"] * 0.72 / 8 + 4 * r["nonzero"] for r in packed) + \
+        sum(r["bytes"] for r in report["tensors"] if r["kind"] == "dense")  # H(0.2) = 0.72 bits + fp32 values
+    meta = len(json.dumps(load(compact)["checkpoint"], default=str))
+    assert report["compact_bytes"] <= weights_bound + meta + 8192
+    half = str(tmp_path / "half.pt")
+    run_tool("fairseq-slt", "compress", slt_run["best"], half, "--values", "fp16", "--quiet", "--json", report_path)
+    half_report = json.load(open(report_path))
+    values = [sum(row.get("values_bytes", 0) for row in r["tensors"]) for r in (report, half_report)]
+    assert values[1] < 0.6 * values[0] and half_report["compact_bytes"] == os.path.getsize(half)
+
+
+def _one_error_line(result, *fragments):
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-2000:]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(data_bin, dense_run, slt_run, tmp_path):
+    compact = str(tmp_path / "compact.pt")
+    run_tool("fairseq-slt", "compress", slt_run["best"], compact, "--quiet")
+    out = str(tmp_path / "out.pt")
+    # a dense checkpoint: refused (it has no pruned weights), nothing written
+    _one_error_line(run_tool("fairseq-slt", "compress", dense_run["best"], out, check=False), "is dense")
+    # an existing output is not overwritten without --force
+    before = open(compact, "rb").read()
+    _one_error_line(run_tool("fairseq-slt", "compress", slt_run["best"], compact, check=False), "exists", "--force")
+    assert open(compact, "rb").read() == before
+    _one_error_line(run_tool("fairseq-slt", "compress", compact, out, check=False), "compact checkpoint already")
+    # truncated: decompress and fairseq-generate say so in one line
+    truncated = str(tmp_path / "truncated.pt")
+    open(truncated, "wb").write(before[: len(before) // 2])
+    _one_error_line(run_tool("fairseq-slt", "decompress", truncated, out, check=False), "cannot read", truncated)
+    generate = ["fairseq-generate", data_bin, "--user-dir", "fairseq_slt", "--task", "translation_slt",
+                "--gen-subset", "test", "--cpu", "--path"]
+    result = run_tool(*generate, truncated, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "error" in line] == \
+        [line for line in result.stderr.splitlines() if "cannot read checkpoint" in line and truncated in line]
+    # a flipped byte inside the weights: the checksum catches it
+    state = load(compact)
+    state["blob"][len(state["blob"]) // 2] ^= 0x10
+    corrupt = str(tmp_path / "corrupt.pt")
+    torch.save(state, corrupt)
+    _one_error_line(run_tool("fairseq-slt", "decompress", corrupt, out, check=False), "corrupt", "checksum")
+    result = run_tool(*generate, corrupt, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "checksum does not match" in result.stderr
+    _one_error_line(run_tool("fairseq-slt", "decompress", slt_run["best"], out, check=False), "not a compact checkpoint")
+    assert not os.path.exists(out) and sorted(os.listdir(tmp_path)) == ["compact.pt", "corrupt.pt", "truncated.pt"]
+
+
+def test_rounded_values_and_non_float_tensors_round_trip():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 48)
+    weight[torch.rand(64, 48) < 0.9] = 0
+    model = {"weight": weight, "bias": torch.randn(64), "version": torch.tensor([3]), "tied": weight}
+    for values, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        state, rows = compress(model, {}, values)
+        back = expand(state)
+        assert [row["kind"] for row in rows] == ["packed", "dense", "dense"]
+        assert torch.equal(back["weight"], weight.to(dtype).float()) and back["weight"].dtype == torch.float32
+        assert torch.equal(back["bias"], model["bias"].to(dtype).float()) and torch.equal(back["version"], model["version"])
+        assert back["tied"] is back["weight"]
+    with pytest.raises(PruningError, match="--values must be one of"):
+        compress(model, {}, "int8")

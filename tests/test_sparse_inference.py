@@ -1,0 +1,84 @@
+"""--sparse-inference: CSR linear layers give the dense model's translations."""
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import train
+from fairseq_slt import sparse_inference
+from test_compact import _hypotheses
+
+
+def _translate(task, models, subset="test"):
+    """Beam-5 token sequences for every sentence of the subset, the way fairseq-generate batches them."""
+    generator = task.build_generator(models, argparse.Namespace(beam=5, max_len_b=30))
+    batches = task.get_batch_iterator(dataset=task.dataset(subset), max_sentences=16).next_epoch_itr(shuffle=False)
+    results = {}
+    for sample in batches:
+        for sentence, hypotheses in zip(sample["id"].tolist(), task.inference_step(generator, models, sample)):
+            results[sentence] = hypotheses[0]["tokens"].tolist()
+    return results
+
+
+@pytest.fixture(scope="module")
+def loaded(data_bin, slt_run):
+    from fairseq import checkpoint_utils
+    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt; the package was imported before fairseq)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
+    task.load_dataset("test")
+    for model in models:
+        model.eval()
+    return task, models
+
+
+def test_csr_layers_always_sparse_translate_like_the_dense_model(loaded):
+    task, models = loaded
+    with torch.no_grad():
+        dense = _translate(task, models)
+        plan = sparse_inference.Plan(always=True)
+        replaced = sparse_inference.sparsify(models[0], plan)
+        sparse = _translate(task, models)
+    # every pruned linear layer: 6 in the encoder layer, 10 in the decoder layer, the output projection
+    assert len(replaced) == 17 and "decoder.output_projection" in replaced
+    assert plan.calls["sparse"] > 100 and plan.calls["dense"] == 0  # the CSR path really ran
+    assert len(dense) >= 90 and sparse == dense
+
+
+def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 512)
+    with torch.no_grad():
+        linear.weight[torch.rand(512, 256) < 0.9] = 0
+    model = nn.Sequential(linear, nn.ReLU(), nn.Linear(512, 8))  # the dense second layer stays nn.Linear
+    plan = sparse_inference.Plan()
+    assert sparse_inference.sparsify(model, plan) == ["0"] and type(model[2]) is nn.Linear
+    layer = model[0]
+    assert layer.weight is linear.weight and list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    x = torch.randn(3, 7, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.sparse(x), layer.dense(x), rtol=1e-5, atol=1e-5)
+        for rows in (5, 7, 8, 100):
+            model(torch.randn(rows, 256))
+    buckets = sorted(key[3] for key in plan.decisions)
+    assert buckets == [8, 128]  # 5, 7 and 8 rows share one timing
+    with torch.enable_grad():  # training (gradients) always runs dense
+        layer(torch.randn(2, 256, requires_grad=True)).sum().backward()
+    assert linear.weight.grad is not None
+
+
+def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, slt_run):
+    dense, _ = _hypotheses(data_bin, slt_run["best"])
+    sparse, result = _hypotheses(data_bin, slt_run["best"], "--sparse-inference")
+    assert sparse == dense
+    assert "--sparse-inference: 17 linear layers" in result.stdout
+    assert "linear-layer calls ran sparse" in result.stdout
+
+
+def test_sparse_inference_is_refused_in_training(data_bin, tmp_path):
+    result = train(data_bin, str(tmp_path / "run"), "--sparse-inference", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "fairseq-slt: error: --sparse-inference is an option of fairseq-generate and fairseq-interactive, not of training"]
+    run = tmp_path / "run"
+    assert not run.exists() or not list(run.iterdir())  # fairseq-train itself makes the (empty) save dir first
