@@ -49,7 +49,7 @@ def build(data, arch, checkpoint):
     if checkpoint:
         model.load_state_dict(safe_load(checkpoint)["model"])
     task.load_dataset("test")
-    return task, model.eval()
+    return task, cfg, model.eval()
 
 
 def pruned(model, sparsity):
@@ -118,10 +118,12 @@ def main():
     print(f"{'model':<5} {'sparsity':>8} {'batch':>5} {'thr':>3} {'sents':>5} {'dense sent/s':>12} "
           f"{'sparse sent/s':>13} {'ratio':>6} {'differ':>6} {'plan s':>6}")
     for name in args.models:
-        task, dense_model = build(args.data, name, args.demo_checkpoint if name == "demo" else args.base_checkpoint)
+        task, cfg, dense_model = build(args.data, name, args.demo_checkpoint if name == "demo" else args.base_checkpoint)
         for sparsity in args.sparsities:
             model = pruned(dense_model, sparsity)
             sparse_model, plan = copy.deepcopy(model), sparse_inference.Plan()
+            for each in (model, sparse_model):  # as fairseq-generate does (sets the beam size: beamable mm)
+                each.prepare_for_inference_(cfg)
             sparse_inference.sparsify(sparse_model, plan)
             for batch_size in args.batch_sizes:
                 count = args.sentences_batch1 if batch_size == 1 else args.sentences

@@ -3,6 +3,7 @@ import argparse
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import train
@@ -28,7 +29,7 @@ def loaded(data_bin, slt_run):
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
     task.load_dataset("test")
     for model in models:
-        model.eval()
+        model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 5}}))  # as fairseq-generate does
     return task, models
 
 
