@@ -7,7 +7,7 @@ import sys
 import torch
 
 from ..checkpoints import Checkpoint, inference_state
-from ..pruning import PruningError, atomic_save, atomic_write_json
+from ..pruning import PruningError, atomic_save, atomic_write_json, safe_load
 from ..pruning.compact import VALUE_DTYPES, compress, expand, is_compact, matrix_sparsity
 
 
@@ -57,7 +57,6 @@ def run(args) -> dict:
 
 
 def _load_input(path: str):
-    from ..pruning import safe_load
     state = safe_load(path, "input checkpoint")
     if is_compact(state):
         raise PruningError(f"{path} is a compact checkpoint already (fairseq-slt decompress restores it)")
