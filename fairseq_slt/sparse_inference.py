@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
-MIN_SPARSITY = 0.5  # below this CSR never beat dense here; such layers are left alone
+MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros, about even at 70 %; below: not tried
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
 
 
