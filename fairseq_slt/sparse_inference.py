@@ -66,7 +66,7 @@ class Plan:
                  f"{self.calibration_seconds:.2f} s"] if total else []
         for (out, inp, density, bucket, threads), (sparse, dense_s, sparse_s) in sorted(self.decisions.items()):
             lines.append(f"{out}x{inp} at {100 - density} % zeros, {threads} thread(s), rows <= {bucket}: "
-                         f"{'sparse' if sparse else 'dense'} ({dense_s / sparse_s:.2f}x dense speed)")
+                         f"{'sparse' if sparse else 'dense'} (CSR at {dense_s / sparse_s:.2f}x dense speed)")
         return lines
 
 
