@@ -81,7 +81,7 @@ def translate(task, model, samples):
 
 
 def timed(task, model, samples):
-    translate(task, model, samples[:2])  # warm-up (and the sparse plan's timings for these sizes)
+    translate(task, model, samples[:1])  # warm-up (and the sparse plan's timings for most sizes)
     started = time.perf_counter()
     output = translate(task, model, samples)
     return output, time.perf_counter() - started
@@ -109,9 +109,11 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sentences", type=int, default=1000, help="test sentences per run at batch sizes > 1")
     parser.add_argument("--sentences-batch1", type=int, default=100, help="test sentences per run at batch size 1")
-    parser.add_argument("--base-sentences", type=int, default=200, help="cap on sentences for the base model")
+    parser.add_argument("--base-sentences", type=int, default=128, help="base model: sentences at batch sizes > 1")
+    parser.add_argument("--base-sentences-batch1", type=int, default=20, help="base model: sentences at batch size 1")
     parser.add_argument("--profile", action="store_true", help="an operator profile of base at 90 %%, batch 64")
     args = parser.parse_args()
+    started = time.perf_counter()
 
     print(f"torch {torch.__version__}, MKL {torch.backends.mkl.is_available()}, beam 5, "
           f"max length 1.0 x source + 5; decisions by --sparse-inference's plan")
@@ -126,8 +128,10 @@ def main():
                 each.prepare_for_inference_(cfg)
             sparse_inference.sparsify(sparse_model, plan)
             for batch_size in args.batch_sizes:
-                count = args.sentences_batch1 if batch_size == 1 else args.sentences
-                count = min(count, args.base_sentences) if name == "base" else count
+                if name == "base":
+                    count = args.base_sentences_batch1 if batch_size == 1 else args.base_sentences
+                else:
+                    count = args.sentences_batch1 if batch_size == 1 else args.sentences
                 samples = batches(task, batch_size, count)
                 for threads in args.threads:
                     torch.set_num_threads(threads)
@@ -144,6 +148,7 @@ def main():
                 samples = batches(task, 64, min(args.sentences, 64))
                 profile(task, model, samples, "base, 90 %, batch 64, 1 thread, dense")
                 profile(task, sparse_model, samples, "base, 90 %, batch 64, 1 thread, sparse")
+    print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
