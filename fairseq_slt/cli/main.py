@@ -62,7 +62,11 @@ def main(argv=None):
     if args.command == "link-user-dir":
         return _link_user_dir()
     module = importlib.import_module(f"fairseq_slt.cli.{SUBCOMMANDS[args.command][0]}")
-    return module.main(args) or 0
+    try:
+        return module.main(args) or 0
+    except BrokenPipeError:  # output piped into head & co: stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
