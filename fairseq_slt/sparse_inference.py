@@ -61,7 +61,7 @@ class Plan:
         return best
 
     def summary(self) -> List[str]:
-        """One line per layer shape: the row buckets where sparse was chosen, with the measured ratio."""
+        """How many calls ran sparse, then one line per timed (shape, rows bucket, threads): the choice and ratio."""
         total = sum(self.calls.values())
         lines = [f"{self.calls['sparse']} of {total} linear-layer calls ran sparse; timing took "
                  f"{self.calibration_seconds:.2f} s"] if total else []

@@ -8,7 +8,8 @@ import torch
 
 from ..checkpoints import Checkpoint, inference_state
 from ..pruning import PruningError, atomic_save, atomic_write_json, safe_load
-from ..pruning.compact import VALUE_DTYPES, compress, expand, is_compact, matrix_sparsity
+from ..pruning.compact import VALUE_DTYPES, compress, is_compact, matrix_sparsity
+from ..pruning.io import refuse_overwrite
 
 
 def add_arguments(parser):
@@ -34,10 +35,10 @@ def main(args):
 
 
 def run(args) -> dict:
-    if os.path.exists(args.output) and not args.force:
-        raise PruningError(f"{args.output} exists; pass --force to overwrite it")
+    refuse_overwrite(args.output, args.force)
     checkpoint = Checkpoint(args.input, "input checkpoint", state=_load_input(args.input))
-    state, rows = compress(checkpoint.model, inference_state(checkpoint.state), args.values)
+    meta = inference_state(checkpoint.state)
+    state, rows = compress(checkpoint.model, meta, args.values)
     atomic_save(state, args.output)
     dense = sum(row["dense_fp32_bytes"] for row in rows)
     report = {"input": args.input, "output": args.output, "values": args.values,
@@ -49,7 +50,7 @@ def run(args) -> dict:
         with open(args.input, "rb") as handle:
             report["xz_input_bytes"] = len(lzma.compress(handle.read(), preset=9))
         plain = io.BytesIO()
-        torch.save(dict(inference_state(checkpoint.state), model=expand(state)), plain)
+        torch.save(dict(meta, model=checkpoint.model), plain)
         report["xz_dense_weights_bytes"] = len(lzma.compress(plain.getvalue(), preset=9))
     if args.json:
         atomic_write_json(report, args.json)

@@ -3,7 +3,8 @@ import os
 import sys
 
 from ..pruning import PruningError, atomic_save, safe_load
-from ..pruning.compact import expand
+from ..pruning.compact import to_checkpoint
+from ..pruning.io import refuse_overwrite
 
 
 def add_arguments(parser):
@@ -15,18 +16,10 @@ def add_arguments(parser):
 
 def main(args):
     try:
-        if os.path.exists(args.output) and not args.force:
-            raise PruningError(f"{args.output} exists; pass --force to overwrite it")
-        atomic_save(load_compact(args.input), args.output)
+        refuse_overwrite(args.output, args.force)
+        state = safe_load(args.input, "compact checkpoint")
+        atomic_save(to_checkpoint(state, f"compact checkpoint {args.input}"), args.output)
     except PruningError as err:
         sys.exit(f"fairseq-slt decompress: error: {err}")
     print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes)")
     return 0
-
-
-def load_compact(path: str, mmap: bool = False) -> dict:
-    """A compact checkpoint file as the fairseq checkpoint it was made from (checksum verified)."""
-    source = f"compact checkpoint {path}"
-    state = safe_load(path, "compact checkpoint", mmap=mmap)
-    return dict(state.get("checkpoint") or {}, model=expand(state, source)) if isinstance(state, dict) \
-        else expand(state, source)

@@ -96,10 +96,10 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
             f"the checkpoint is dense (its weight matrices are {100 * matrix_zeros / max(matrix_total, 1):.2f} % "
             f"zeros, below {100 * MIN_SPARSITY:.0f} %): a compact file would be no smaller; compress a pruned checkpoint")
     index = lzma.compress(json.dumps(entries).encode(), **_LZMA)
-    blob = torch.frombuffer(bytearray(index + b"".join(blobs)), dtype=torch.uint8)
+    raw = index + b"".join(blobs)
     state = {"format": FORMAT, "version": VERSION, "values": values, "index": len(index),
-             "checkpoint": meta, "blob": blob}
-    state["sha256"] = _checksum(state)
+             "checkpoint": meta, "blob": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}
+    state["sha256"] = _checksum(state, raw)
     return state, report
 
 
@@ -114,12 +114,12 @@ def expand(state: dict, source: str = "compact checkpoint") -> Dict[str, torch.T
     if state.get("version") != VERSION:
         raise PruningError(f"{source} has compact format version {state.get('version')}; this fairseq-slt reads {VERSION}")
     try:
-        intact = state.get("sha256") == _checksum(state)
+        blob = state["blob"].numpy().tobytes()
+        intact = state.get("sha256") == _checksum(state, blob)
     except Exception:  # a structure too damaged to hash
         intact = False
     if not intact:
         raise PruningError(f"{source} is corrupt: its checksum does not match its content")
-    blob = state["blob"].numpy().tobytes()
     index, blob = blob[:state["index"]], memoryview(blob)[state["index"]:]
     model: Dict[str, torch.Tensor] = {}
     for entry in json.loads(lzma.decompress(index, **_LZMA)):
@@ -134,6 +134,11 @@ def expand(state: dict, source: str = "compact checkpoint") -> Dict[str, torch.T
         else:
             model[name] = _unpack(entry, blob)
     return model
+
+
+def to_checkpoint(state: dict, source: str = "compact checkpoint") -> dict:
+    """The fairseq checkpoint a compact state was made from: its other fields plus the expanded weights."""
+    return dict(state.get("checkpoint") or {}, model=expand(state, source))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -155,11 +160,11 @@ def _unpack(entry: dict, blob) -> torch.Tensor:
     return tensor.reshape(shape)
 
 
-def _checksum(state: dict) -> str:
+def _checksum(state: dict, blob: bytes) -> str:
     """SHA-256 over the format fields and the blob (the index and every byte of every tensor)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([state[key] for key in ("format", "version", "values", "index")]).encode())
-    digest.update(state["blob"].numpy().tobytes())
+    digest.update(blob)
     return digest.hexdigest()
 
 

@@ -39,6 +39,12 @@ def safe_load(path: str, what: str = "checkpoint", mmap: bool = False) -> Any:
         raise PruningError(f"cannot read {what} {path}: not a readable torch file ({type(err).__name__})") from None
 
 
+def refuse_overwrite(path: str, force: bool) -> None:
+    """A tool's output file that exists is only replaced with --force."""
+    if os.path.exists(path) and not force:
+        raise PruningError(f"{path} exists; pass --force to overwrite it")
+
+
 def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

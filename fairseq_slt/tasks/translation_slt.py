@@ -169,10 +169,10 @@ class TranslationSLTTask(TranslationTask):
     def _sparsify(self, models) -> None:
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):
             raise SystemExit("fairseq-slt: error: --sparse-inference runs on CPU only (add --cpu)")
-        self.sparse_plan = plan = sparse_inference.Plan()
+        plan = sparse_inference.Plan()
         atexit.register(lambda: [logger.info(f"--sparse-inference: {line}") for line in plan.summary()])
         for model in models:
-            replaced = sparse_inference.sparsify(model, self.sparse_plan)
+            replaced = sparse_inference.sparsify(model, plan)
             logger.info(f"--sparse-inference: {len(replaced)} linear layers with at least "
                         f"{100 * sparse_inference.MIN_SPARSITY:g} % zeros get a CSR copy; dense or sparse is "
                         "timed per shape, input rows and threads on first use")
