@@ -159,3 +159,16 @@ def test_analyze_labels_tell_inputs_with_the_same_folder_name_apart(slt_run, tmp
     plot = str(tmp_path / "plot.png")
     run_tool("fairseq-slt", "analyze", *paths, "--plot", plot)
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_states_each_default_once_and_no_empty_ones():
+    from fairseq_slt.cli.main import SUBCOMMANDS, build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name in SUBCOMMANDS:
+        text = commands.choices[name].format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for option in text.split("\n  -")[1:]:
+            assert option.count("default") <= 1, (name, option)
+    results = " ".join(commands.choices["results"].format_help().split())
+    assert "(default: test)" in results and "(default: 5)" in results

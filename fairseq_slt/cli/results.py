@@ -28,8 +28,8 @@ def add_arguments(parser):
     parser.add_argument("--data", help="data-bin folder (default: the one each run was trained on)")
     parser.add_argument("--subset", default="test", help="fairseq subset to score (default: test)")
     parser.add_argument("--checkpoint", default="checkpoint_best.pt", help="which checkpoint of each run to score")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--beam", type=int, default=5, help="fairseq-generate --beam")
+    parser.add_argument("--batch-size", type=int, default=128, help="fairseq-generate --batch-size")
     parser.add_argument("--remove-bpe", default="sentencepiece", help="fairseq-generate --remove-bpe")
     parser.add_argument("--references", help="plain-text references, one per line in the subset's order "
                                              "(default: fairseq's target side, T- lines)")
