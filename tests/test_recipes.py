@@ -52,7 +52,11 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
         assert row["score"]["sentences"] == 100 and row["score"]["signature"].startswith("nrefs:1")
         assert "--path" in row["score"]["command"] and "--beam 2" in row["score"]["command"]
         assert row["bitmap_fp32_bytes"] < row["dense_fp32_bytes"] or run == "dense"
+        last = load(os.path.join(row["run"], "checkpoint_last.pt"))["extra_state"]["previous_training_time"]
+        assert 0 < row["train_seconds"] == round(last, 1), run
     assert data["unfinished"] == []
+    total = sum(r["train_seconds"] for r in data["rows"]) / 3600
+    assert f"Training time (fairseq's wall time of each run, validation included): 12 runs, {total:.2f} h" in table
 
     # scores are cached beside each checkpoint: a rerun scores only what has no valid cache, and says what
     # is unfinished

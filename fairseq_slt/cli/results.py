@@ -8,6 +8,7 @@ options are unchanged.
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from typing import Dict, List, Optional
@@ -114,6 +115,16 @@ def compact_bytes(checkpoint: Checkpoint) -> Dict[str, int]:
     return {"dense_fp32_bytes": dense, "bitmap_fp32_bytes": compact}
 
 
+def train_seconds(run: str) -> Optional[float]:
+    """fairseq's training wall time of the run (all restarts, validation included), from its last checkpoint."""
+    last = os.path.join(run, LAST)
+    if not os.path.isfile(last):
+        return None
+    extra = Checkpoint(last, "checkpoint", mmap=True).state.get("extra_state") or {}
+    seconds = extra.get("previous_training_time")
+    return round(float(seconds), 1) if seconds is not None else None
+
+
 def score(run: str, checkpoint_path: str, args) -> Optional[dict]:
     """The cached score of the checkpoint, or a new one (None with --no-score and no cache)."""
     stat = os.stat(checkpoint_path)
@@ -204,7 +215,8 @@ def collect(args) -> dict:
                      "target_sparsity": float(identity.get("prune_sparsity") or 0.0),
                      "sparsity": round(mask.sparsity(), 6) if mask is not None else 0.0,
                      "checkpoint": checkpoint_path, "train_command": manifests[run].get("command"),
-                     **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args)})
+                     "train_seconds": train_seconds(run), **compact_bytes(checkpoint),
+                     "score": score(run, checkpoint_path, args)})
     return {"rows": rows, "unfinished": unfinished}
 
 
@@ -233,6 +245,10 @@ def markdown(result: dict, chrf: bool) -> str:
     notes = ["", f"Cells: test BLEU{' / chrF' if chrf else ''} (sacreBLEU, detokenized, cased)."]
     signatures = sorted({r["score"]["signature"] for r in rows})
     notes += [f"BLEU signature: `{s}`" for s in signatures]
+    timed = [r["train_seconds"] for r in result["rows"] if r.get("train_seconds") is not None]
+    if timed:
+        notes.append(f"Training time (fairseq's wall time of each run, validation included): {len(timed)} runs, "
+                     f"{sum(timed) / 3600:.2f} h in all, median {statistics.median(timed) / 60:.1f} min.")
     for item in result["unfinished"]:
         notes.append(f"Unfinished: {item['run']} ({item['why']})")
     return "\n".join(lines + notes) + "\n"
