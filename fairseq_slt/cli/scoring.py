@@ -1,0 +1,82 @@
+"""Scoring one checkpoint for ``fairseq-slt results``: fairseq-generate on a subset, sacreBLEU and chrF on
+the detokenized output, cached beside the checkpoint (``scores.json``) while the checkpoint and the options
+are unchanged."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import Optional
+
+from ..checkpoints import Checkpoint
+from ..pruning import PruningError, atomic_write_json
+
+SCORES = "scores.json"
+
+
+def score(run: str, checkpoint_path: str, args) -> Optional[dict]:
+    """The cached score of the checkpoint, or a new one (None with --no-score and no cache)."""
+    stat = os.stat(checkpoint_path)
+    options = {"checkpoint": os.path.basename(checkpoint_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+               "subset": args.subset, "beam": args.beam, "remove_bpe": args.remove_bpe, "data": args.data,
+               "references": os.path.abspath(args.references) if args.references else None}
+    cache_path = os.path.join(run, SCORES)
+    cache = []
+    if os.path.isfile(cache_path):
+        with open(cache_path) as handle:
+            cache = json.load(handle)
+    for entry in cache:
+        if entry["options"] == options:
+            return entry["result"]
+    if args.no_score:
+        return None
+    print(f"scoring {checkpoint_path} (beam {args.beam}, {args.subset})", file=sys.stderr, flush=True)
+    result = generate_and_score(checkpoint_path, args)
+    atomic_write_json(cache + [{"options": options, "result": result}], cache_path)
+    return result
+
+
+def generate_and_score(checkpoint_path: str, args) -> dict:
+    from sacrebleu.metrics import BLEU, CHRF
+
+    data = args.data or (Checkpoint(checkpoint_path, "checkpoint", mmap=True).state.get("cfg") or {}).get(
+        "task", {}).get("data")
+    command = [*shlex.split(args.generate_command), data, "--path", checkpoint_path, "--user-dir",
+               os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "--task", "translation_slt",
+               "--gen-subset", args.subset, "--beam", str(args.beam), "--batch-size", str(args.batch_size),
+               "--remove-bpe", args.remove_bpe, "--scoring", "sacrebleu"]
+    if not _has_cuda():
+        command.append("--cpu")
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise PruningError(f"fairseq-generate failed on {checkpoint_path}: {last}")
+    hyps, refs = {}, {}
+    for line in result.stdout.splitlines():
+        tag, _, rest = line.partition("\t")
+        if tag.startswith("D-"):
+            hyps[int(tag[2:])] = rest.split("\t", 1)[1]
+        elif tag.startswith("T-"):
+            refs[int(tag[2:])] = rest
+    if args.references:
+        with open(args.references, encoding="utf-8") as handle:
+            refs = dict(enumerate(line.rstrip("\n") for line in handle))
+        if hyps and max(hyps) >= len(refs):
+            raise PruningError(f"--references has {len(refs)} lines, fewer than the {args.subset} subset's sentences")
+    # fairseq-generate prints nothing for a sentence whose beam search ends without a hypothesis: scored as empty
+    ids = sorted(refs)
+    bleu, chrf = BLEU(), CHRF()
+    hypotheses, references = [hyps.get(i, "") for i in ids], [[refs[i] for i in ids]]
+    return {"bleu": round(bleu.corpus_score(hypotheses, references).score, 2),
+            "chrf": round(chrf.corpus_score(hypotheses, references).score, 2),
+            "signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
+            "sentences": len(ids), "missing_hypotheses": sum(1 for i in ids if i not in hyps),
+            "command": shlex.join(command)}
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
