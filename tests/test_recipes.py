@@ -28,8 +28,12 @@ def recipe(script, work, **extra):
 
 def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     work = str(tmp_path / "work")
-    result = recipe("run_table.sh", work)
+    bad = recipe("run_table.sh", work, STREAMS="3")
+    assert bad.returncode == 1 and bad.stderr.splitlines() == ["error: STREAMS must be 1 or 2, got 3"]
+    assert not os.path.exists(work)
+    result = recipe("run_table.sh", work, STREAMS="2")  # two chains of runs in parallel, as on 2 cores
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[a] fairseq-slt iterate" in result.stdout and "[b] mp/mp_0.5: training" in result.stdout
     table = open(os.path.join(work, "results", "table.md")).read()
     header = table.splitlines()[0]
     for label in ("mp", "lt", "slt", "clt", "clt (random signs)", "slt-mp", "mp-slt"):
