@@ -79,6 +79,7 @@ def test_two_levels_rewind_to_the_previous_level_and_resume_after_a_kill(data_bi
     result = run_tool("fairseq-slt", *args)
     assert "[1/3] dense: finished, skipped" in result.stdout
     assert "[2/3] slt_0.5: finished, skipped" in result.stdout
+    assert f"[3/3] slt_0.8: training (slt, sparsity 0.8), resuming at update {stopped_at}\n" in result.stdout
     assert "[3/3] slt_0.8: done" in result.stdout
     log = open(os.path.join(work, "slt_0.8", "train.log")).read()
     resumed_at = [int(n) for n in re.findall(r"Loaded checkpoint .*\(epoch \d+ @ (\d+) updates\)", log)]

@@ -155,12 +155,17 @@ class Driver:
                 continue
             remaining = sum(1 for s in self.stages[index:] if not self.finished(s))
             eta = f", ETA {_minutes(sum(durations) / len(durations) * (remaining + 1))}" if durations else ""
-            print(f"{label}: training ({stage.method}, sparsity {stage.sparsity:g}){eta}", flush=True)
+            last = os.path.join(self.dir(stage.name), "checkpoint_last.pt")
+            resumed_at = Checkpoint(last, mmap=True).num_updates if os.path.isfile(last) else None
+            going_on = f", resuming at update {resumed_at}" if resumed_at is not None else ""
+            print(f"{label}: training ({stage.method}, sparsity {stage.sparsity:g}){going_on}{eta}", flush=True)
             started = time.time()
             self.train(stage, command)
-            durations.append(time.time() - started)
-            row = self.record(stage, durations[-1])
-            print(f"{label}: done in {_minutes(durations[-1])}, sparsity {row['sparsity']:.4f}, "
+            took = time.time() - started
+            if resumed_at is None:  # a resumed stage's time says nothing about a whole one's
+                durations.append(took)
+            row = self.record(stage, took)
+            print(f"{label}: done in {_minutes(took)}, sparsity {row['sparsity']:.4f}, "
                   f"best valid loss {row['best_valid_loss']}", flush=True)
         if not self.args.dry_run:
             print(f"summary: {self.summary_path}")
