@@ -31,9 +31,20 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     bad = recipe("run_table.sh", work, STREAMS="3")
     assert bad.returncode == 1 and bad.stderr.splitlines() == ["error: STREAMS must be 1 or 2, got 3"]
     assert not os.path.exists(work)
-    result = recipe("run_table.sh", work, STREAMS="2")  # two chains of runs in parallel, as on 2 cores
+    # two chains of runs in parallel, as on 2 cores; one chain failing (a stage made with other settings) lets
+    # the other finish and fails the script; a rerun goes on where each stopped
+    planted = os.path.join(work, "mp", "mp_0.5", "recipe-settings.txt")
+    os.makedirs(os.path.dirname(planted))
+    open(planted, "w").write("MAX_UPDATE=9\n")
+    failed = recipe("run_table.sh", work, STREAMS="2")
+    assert failed.returncode == 1 and failed.stdout.splitlines()[-1] == "error: stream(s) b failed (lines above; rerun to resume)"
+    assert "[b] error: " + os.path.dirname(planted) + " was made with other settings" in failed.stdout
+    assert os.path.isfile(os.path.join(work, "controls", "clt_0.5_random_signs", ".done"))  # chain a went on
+    os.remove(planted)
+    result = recipe("run_table.sh", work, STREAMS="2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[a] fairseq-slt iterate" in result.stdout and "[b] mp/mp_0.5: training" in result.stdout
+    assert "[a] fairseq-slt iterate: 2 stages, 2 finished" in result.stdout
+    assert "[b] mp/mp_0.5: training" in result.stdout
     table = open(os.path.join(work, "results", "table.md")).read()
     header = table.splitlines()[0]
     for label in ("mp", "lt", "slt", "clt", "clt (random signs)", "slt-mp", "mp-slt"):

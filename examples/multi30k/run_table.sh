@@ -27,7 +27,7 @@ if [ "$STREAMS" = 2 ]; then
   ( set -o pipefail; chain_a 2>&1 | sed -u 's/^/[a] /' ) & a=$!
   ( set -o pipefail; chain_b 2>&1 | sed -u 's/^/[b] /' ) & b=$!
   wait "$a" || failed=a
-  wait "$b" || failed="${failed:-} b"
+  wait "$b" || failed="${failed:+$failed and }b"
   [ -z "${failed:-}" ] || { echo "error: stream(s) $failed failed (lines above; rerun to resume)"; exit 1; }
 else
   chain_a
