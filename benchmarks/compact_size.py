@@ -45,11 +45,11 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|")
     for path in args.checkpoints:
         checkpoint = Checkpoint(path)
-        meta = inference_state(checkpoint.state)
+        meta, mask = inference_state(checkpoint.state), checkpoint.mask()
         sizes, rows = {}, None
         with tempfile.TemporaryDirectory() as work:
             for values in ("fp32", "fp16", "bf16"):
-                state, report = compress(checkpoint.model, meta, values)
+                state, report = compress(checkpoint.model, meta, values, masked=list(mask) if mask is not None else ())
                 rows = report if values == "fp32" else rows
                 out = os.path.join(work, f"{values}.pt")
                 atomic_save(state, out)

@@ -9,7 +9,7 @@ from typing import Dict, Mapping, Optional
 import torch
 
 from .pruning import Mask, PruningError, atomic_save, safe_load
-from .pruning.compact import aliases
+from .pruning.compact import aliases, expand_with_mask, is_compact
 
 TASK_KEY = "TranslationSLTTask"  # fairseq files task state under the task's class name
 
@@ -21,6 +21,8 @@ class Checkpoint:
         """``state``: the file's content when the caller has loaded it already; ``mmap``: read lazily."""
         self.path, self.what = path, what
         state = safe_load(path, what, mmap) if state is None else state
+        if is_compact(state):  # fairseq-slt compress: expanded, with its mask
+            state = from_compact(state, f"{what} {path} (compact)")
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise PruningError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
         self.state = state
@@ -68,14 +70,27 @@ class Checkpoint:
                                "(same sizes, other entries): another vocabulary")
 
 
+def from_compact(state: dict, source: str = "compact checkpoint") -> dict:
+    """The fairseq checkpoint a compact state was made from: its other fields, the expanded weights and,
+    when it was pruned by this plugin, its mask again (the masked matrices' nonzero bitmaps)."""
+    model, mask = expand_with_mask(state, source)
+    checkpoint = dict(state.get("checkpoint") or {}, model=model)
+    if mask:
+        extra = dict(checkpoint.get("extra_state") or {})
+        extra[TASK_KEY] = dict(extra.get(TASK_KEY) or {}, mask=Mask(mask).state_dict())
+        checkpoint["extra_state"] = extra
+    return checkpoint
+
+
 def unique_tensors(model: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The state dict's entries with tied aliases (the same storage, offset and shape) listed once."""
     return {name: model[name] for name, first in aliases(model).items() if first == name}
 
 
 def inference_state(state: dict) -> dict:
-    """The checkpoint without what only training needs: optimizer state, meters and the plugin's stored
-    mask (the weights' zeros are the mask); cfg, args, history and the rest of the extra state stay."""
+    """The checkpoint without what only training needs: optimizer state and meters, and without the
+    plugin's stored mask, which a compact file keeps as its masked matrices' bitmaps; cfg, args,
+    history and the rest of the extra state stay."""
     kept = {key: value for key, value in state.items() if key not in ("model", "last_optimizer_state")}
     extra = {key: value for key, value in (kept.get("extra_state") or {}).items() if key != "metrics"}
     if isinstance(extra.get(TASK_KEY), dict):

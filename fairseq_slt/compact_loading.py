@@ -11,7 +11,8 @@ from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
 from .pruning import PruningError, safe_load
-from .pruning.compact import is_compact, to_checkpoint
+from .checkpoints import from_compact
+from .pruning.compact import is_compact
 
 _fairseq_load = None
 
@@ -32,7 +33,7 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
             state = safe_load(local, "checkpoint")  # files in torch's legacy (non-zip) format cannot be mapped
         if not is_compact(state):
             return _fairseq_load(path, arg_overrides, load_on_all_ranks)
-        state = to_checkpoint(state, f"compact checkpoint {path}")
+        state = from_compact(state, f"compact checkpoint {path}")
     except PruningError as err:
         raise SystemExit(f"fairseq-slt: error: {err}") from None
     # what fairseq's load_checkpoint_to_cpu does after torch.load

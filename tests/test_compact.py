@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from conftest import load, run_tool
-from fairseq_slt.pruning import PruningError, atomic_save
+from conftest import load, run_tool, train
+from fairseq_slt.pruning import Mask, PruningError, atomic_save
 from fairseq_slt.pruning.compact import aliases, compress, expand
 
 
@@ -50,11 +50,26 @@ def test_round_trip_is_bit_exact_and_generate_reads_the_compact_file(data_bin, s
     assert (minus_zero.view(torch.int32) == -2 ** 31).sum() == 1  # -0.0 kept its sign bit
     assert set(aliases(back["model"]).values()) == set(aliases(original["model"]).values())  # tied once again
     assert back["cfg"] == original["cfg"] and "last_optimizer_state" not in back
+    # the mask comes back from the masked matrices' bitmaps (the -0.0 is a kept weight, by its bits)
+    mask, back_mask = (Mask.from_state_dict(s["extra_state"]["TranslationSLTTask"]["mask"]) for s in (original, back))
+    assert back_mask.checksum() == mask.checksum() and 0.79 < back_mask.sparsity() < 0.81
     # fairseq-generate on the compact file itself, the restored file and the original: the same translations
     expected, _ = _hypotheses(data_bin, signed_zero_checkpoint)
     direct, result = _hypotheses(data_bin, compact)
     assert direct == expected and _hypotheses(data_bin, restored)[0] == expected
     assert "Traceback" not in result.stderr
+
+
+def test_a_compact_file_is_a_mask_source_for_the_next_level(data_bin, dense_run, slt_run, tmp_path):
+    compact, save = str(tmp_path / "compact.pt"), str(tmp_path / "next")
+    run_tool("fairseq-slt", "compress", slt_run["best"], compact, "--values", "fp16")
+    level = Mask.from_state_dict(load(slt_run["best"])["extra_state"]["TranslationSLTTask"]["mask"])
+    train(data_bin, save, "--prune-method", "slt", "--prune-sparsity", "0.9", "--prune-mask-from", compact,
+          "--prune-rewind-from", dense_run["rewind4"], max_update=2)
+    after = Mask.load(os.path.join(save, "mask.pt"))
+    assert after.within(level) and abs(after.sparsity() - 0.9) < 0.005  # pruned further within the compact's mask
+    analyzed = run_tool("fairseq-slt", "analyze", compact, slt_run["best"]).stdout  # the plugin's tools read it too
+    assert "overlap [0] [1]: 1.0000 of [0]'s kept weights are kept in [1]" in analyzed and "jaccard 1.0000" in analyzed
 
 
 def test_compact_size_is_within_the_entropy_bound_and_reported_truly(slt_run, tmp_path):

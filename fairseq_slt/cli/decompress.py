@@ -1,9 +1,10 @@
-"""``fairseq-slt decompress``: a compact checkpoint -> a standard fairseq checkpoint (no optimizer state)."""
+"""``fairseq-slt decompress``: a compact checkpoint -> a standard fairseq checkpoint (no optimizer state;
+the mask, if it was pruned by the plugin, restored from the masked matrices' bitmaps)."""
 import os
 import sys
 
+from ..checkpoints import from_compact
 from ..pruning import PruningError, atomic_save, safe_load
-from ..pruning.compact import to_checkpoint
 from ..pruning.io import refuse_overwrite
 
 
@@ -18,7 +19,7 @@ def main(args):
     try:
         refuse_overwrite(args.output, args.force)
         state = safe_load(args.input, "compact checkpoint")
-        atomic_save(to_checkpoint(state, f"compact checkpoint {args.input}"), args.output)
+        atomic_save(from_compact(state, f"compact checkpoint {args.input}"), args.output)
     except PruningError as err:
         sys.exit(f"fairseq-slt decompress: error: {err}")
     print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes)")

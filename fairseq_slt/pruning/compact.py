@@ -4,12 +4,14 @@ A matrix with zeros is stored as (1) the bitmap of its nonzero entries, bit-pack
 (2) its nonzero values in the chosen dtype, byte-planes split (all high bytes, then the next, ...) and
 LZMA-coded: the sign/exponent plane of trained weights codes to a few bits, the mantissa planes stay
 as they are.  Vectors and matrices without zeros are stored as tensors.  With fp32 values the round trip
-is bit-exact (zeros are told apart by bit pattern, so -0.0 survives).  Nothing here imports fairseq.
+is bit-exact (zeros are told apart by bit pattern, so -0.0 survives).  The masked matrices are always
+stored as bitmaps and named so, which makes the mask recoverable: it is their nonzero bitmap.  Nothing
+here imports fairseq.
 """
 import hashlib
 import json
 import lzma
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,8 +49,10 @@ def _join_planes(data: bytes, count: int, itemsize: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(itemsize, count).T
 
 
-def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32") -> Tuple[dict, List[dict]]:
-    """(compact state, per-tensor report rows) for a state dict; ``meta``: the rest of the checkpoint.
+def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32",
+             masked: Collection[str] = ()) -> Tuple[dict, List[dict]]:
+    """(compact state, per-tensor report rows) for a state dict; ``meta``: the rest of the checkpoint;
+    ``masked``: the names a pruning mask covers (their bitmaps will be the mask, see ``expand_with_mask``).
 
     Every byte of weights goes into one blob (one storage in the file); ``index`` locates each tensor."""
     if values not in VALUE_DTYPES:
@@ -63,7 +67,12 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
         offset += len(data)
         return [offset - len(data), len(data)]
 
-    for name, first in aliases(model).items():
+    names = aliases(model)
+    unknown = sorted(set(masked) - set(names))
+    if unknown:
+        raise PruningError(f"the mask names {unknown[0]}, which is not in the checkpoint's weights")
+    mask_name = {names[name]: name for name in masked}  # a tied tensor's mask is kept under the mask's name
+    for name, first in names.items():
         if first != name:
             entries.append({"name": name, "kind": "alias", "of": first})
             continue
@@ -79,12 +88,16 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
                "dense_fp32_bytes": tensor.numel() * 4 if tensor.is_floating_point() else 0}
         dense_bytes = stored.numel() * stored.element_size()
         bitmap = kept = b""
-        if nonzero is not None and not nonzero.all():
+        if name in mask_name and nonzero is None:
+            raise PruningError(f"the mask covers {name}, which is not a floating-point matrix")
+        if nonzero is not None and (name in mask_name or not nonzero.all()):
             bitmap = lzma.compress(np.packbits(nonzero).tobytes(), **_LZMA)
             kept = lzma.compress(_split_planes(_bytes(stored.reshape(-1)[torch.from_numpy(nonzero)])), **_LZMA)
-        if bitmap and len(bitmap) + len(kept) < dense_bytes:
+        if bitmap and (name in mask_name or len(bitmap) + len(kept) < dense_bytes):
             entry.update(kind="packed", stored=_dtype_name(value_dtype), nonzero=row["nonzero"],
                          bitmap=put(bitmap), values=put(kept))
+            if name in mask_name:
+                entry["mask"] = mask_name[name]
             row.update(kind="packed", bytes=len(bitmap) + len(kept), bitmap_bytes=len(bitmap), values_bytes=len(kept))
         else:
             entry.update(kind="dense", stored=_dtype_name(stored.dtype), data=put(_bytes(stored).tobytes()))
@@ -109,6 +122,12 @@ def is_compact(state) -> bool:
 
 def expand(state: dict, source: str = "compact checkpoint") -> Dict[str, torch.Tensor]:
     """The state dict a compact state was made from (tied names share one tensor again)."""
+    return expand_with_mask(state, source)[0]
+
+
+def expand_with_mask(state: dict, source: str = "compact checkpoint") -> Tuple[Dict[str, torch.Tensor],
+                                                                             Dict[str, torch.Tensor]]:
+    """(state dict, mask): the mask as boolean tensors, each masked matrix's nonzero bitmap ({} if none)."""
     if not is_compact(state):
         raise PruningError(f"{source} is not a compact checkpoint (made by fairseq-slt compress)")
     if state.get("version") != VERSION:
@@ -122,6 +141,7 @@ def expand(state: dict, source: str = "compact checkpoint") -> Dict[str, torch.T
         raise PruningError(f"{source} is corrupt: its checksum does not match its content")
     index, blob = blob[:state["index"]], memoryview(blob)[state["index"]:]
     model: Dict[str, torch.Tensor] = {}
+    mask: Dict[str, torch.Tensor] = {}
     for entry in json.loads(lzma.decompress(index, **_LZMA)):
         name = entry["name"]
         if entry["kind"] == "alias":
@@ -132,20 +152,18 @@ def expand(state: dict, source: str = "compact checkpoint") -> Dict[str, torch.T
             stored = raw.view(getattr(torch, entry["stored"])).reshape(entry["shape"])
             model[name] = stored.to(getattr(torch, entry["dtype"]))
         else:
-            model[name] = _unpack(entry, blob)
-    return model
-
-
-def to_checkpoint(state: dict, source: str = "compact checkpoint") -> dict:
-    """The fairseq checkpoint a compact state was made from: its other fields plus the expanded weights."""
-    return dict(state.get("checkpoint") or {}, model=expand(state, source))
+            model[name], nonzero = _unpack(entry, blob)
+            if "mask" in entry:
+                mask[entry["mask"]] = nonzero
+    return model, mask
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _unpack(entry: dict, blob) -> torch.Tensor:
+def _unpack(entry: dict, blob) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(the tensor, its nonzero bitmap as a boolean tensor)"""
     shape, count = entry["shape"], entry["nonzero"]
     numel = int(np.prod(shape)) if shape else 1
     stored = getattr(torch, entry["stored"])
@@ -156,8 +174,9 @@ def _unpack(entry: dict, blob) -> torch.Tensor:
     planes = lzma.decompress(blob[v_start:v_start + v_len], **_LZMA)
     kept = torch.from_numpy(_join_planes(planes, count, itemsize).copy()).view(stored).reshape(-1)
     tensor = torch.zeros(numel, dtype=getattr(torch, entry["dtype"]))
-    tensor[torch.from_numpy(nonzero)] = kept.to(tensor.dtype)
-    return tensor.reshape(shape)
+    bitmap = torch.from_numpy(nonzero)
+    tensor[bitmap] = kept.to(tensor.dtype)
+    return tensor.reshape(shape), bitmap.reshape(shape)
 
 
 def _checksum(state: dict, blob: bytes) -> str:
