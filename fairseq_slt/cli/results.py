@@ -152,8 +152,7 @@ def collect(args) -> dict:
 
 def markdown(result: dict, chrf: bool) -> str:
     rows = [r for r in result["rows"] if r["score"] is not None]
-    labels = sorted({r["label"] for r in rows if r["label"] != "dense"},
-                    key=lambda label: (ORDER.index(label.split(" ")[0]) if label.split(" ")[0] in ORDER else 99, label))
+    labels = _method_labels(rows)
     dense = next((r for r in rows if r["label"] == "dense"), None)
     levels = sorted({r["target_sparsity"] for r in rows if r["label"] != "dense"})
     labels = labels or ["dense"]  # only the dense run so far
@@ -184,6 +183,14 @@ def markdown(result: dict, chrf: bool) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def _method_labels(rows: List[dict]) -> List[str]:
+    """The methods in the paper's column order (controls after their method)."""
+    def key(label):
+        method = label.split(" ")[0]
+        return ORDER.index(method) if method in ORDER else len(ORDER), label
+    return sorted({r["label"] for r in rows if r["label"] != "dense"}, key=key)
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB"
 
@@ -195,7 +202,7 @@ def plot(result: dict, target: str) -> None:
     dense = next((r for r in rows if r["label"] == "dense"), None)
     if dense is not None:
         ax.axhline(dense["score"]["bleu"], color="gray", linestyle="--", label=f"dense ({dense['score']['bleu']:.1f})")
-    for label in sorted({r["label"] for r in rows if r["label"] != "dense"}):
+    for label in _method_labels(rows):
         points = sorted((r["target_sparsity"] * 100, r["score"]["bleu"]) for r in rows if r["label"] == label)
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", label=label)
