@@ -191,6 +191,16 @@ def _method_labels(rows: List[dict]) -> List[str]:
     return sorted({r["label"] for r in rows if r["label"] != "dense"}, key=key)
 
 
+def _color(label: str) -> str:
+    """One colour per method whatever else is plotted, so plots of different runs compare at a glance:
+    C1-C6 for the methods (in ORDER), C7-C9 for the controls."""
+    method = label.split(" ")[0]
+    for index, (_, name) in enumerate(CONTROLS):
+        if label.endswith(f"({name})"):
+            return f"C{7 + index}"
+    return f"C{ORDER.index(method)}" if method in ORDER else "black"
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB"
 
@@ -201,11 +211,11 @@ def plot(result: dict, target: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     dense = next((r for r in rows if r["label"] == "dense"), None)
     if dense is not None:
-        ax.axhline(dense["score"]["bleu"], color="gray", linestyle="--", label=f"dense ({dense['score']['bleu']:.1f})")
+        ax.axhline(dense["score"]["bleu"], color="black", linestyle="--", label=f"dense ({dense['score']['bleu']:.1f})")
     for label in _method_labels(rows):
         points = sorted((r["target_sparsity"] * 100, r["score"]["bleu"]) for r in rows if r["label"] == label)
         xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=label)
+        ax.plot(xs, ys, marker="o", label=label, color=_color(label))
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("test BLEU")
     ax.grid(alpha=0.3)
