@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "analyze": ("analyze", "per-layer sparsity, mask overlap and sign agreement of masks/checkpoints"),
     "options": ("options", "list the --prune-* options the plugin adds to fairseq-train, with defaults and help"),
     "results": ("results", "finished runs -> the paper's Table 1 (Markdown), a BLEU-vs-sparsity plot and JSON"),
+    "curve": ("curve", "a run's learning curve (valid/test BLEU of every interval checkpoint) and the protocol's T"),
     "compress": ("compress", "a pruned checkpoint -> a compact file: per matrix a coded bitmap + kept values"),
     "decompress": ("decompress", "a compact file -> a standard fairseq checkpoint (bit-identical fp32 weights)"),
     "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The dense learning curve of the converged protocol: dense runs of CURVE_MAX updates, one per seed in
+# SEEDS, each keeping a checkpoint every CURVE_EVERY updates and the rewind points theta_0 and every 25
+# updates up to 5 % of CURVE_MAX (so theta_k exists for whatever T the curve picks); then
+# `fairseq-slt curve` scores every checkpoint (valid and test) and picks T by its rule.
+# Its own WORK (default runs/multi30k-curve): the protocol at T runs in another.
+: "${CURVE_MAX:=8000}" "${CURVE_EVERY:=500}" "${SEEDS:=1}" "${THREADS:=1}"
+: "${WORK:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/runs/multi30k-curve}"
+MAX_UPDATE=$CURVE_MAX
+export MAX_UPDATE THREADS WORK
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bash "$RECIPE_DIR/01_prepare.sh" > "$WORK/prepare.log" 2>&1 || { tail -n 5 "$WORK/prepare.log"; exit 1; }
+points=$(seq -s, 25 25 $(( CURVE_MAX / 20 )))
+for seed in $SEEDS; do
+  train_stage "dense_seed$seed" --prune-method none --seed "$seed" --save-rewind-points "0,$points" \
+    --save-interval-updates "$CURVE_EVERY" --keep-interval-updates -1
+  fairseq-slt curve "$WORK/dense_seed$seed" --every "$CURVE_EVERY" --remove-bpe sentencepiece \
+    --references-dir "$WORK/data/text" --tgt "$TGT" --generate-command "$GENERATE_COMMAND" --beam "$BEAM" \
+    --json "$WORK/dense_seed$seed/curve.json" --plot "$WORK/dense_seed$seed/curve.png"
+done

@@ -1,0 +1,128 @@
+"""``fairseq-slt curve``: a run's learning curve and the protocol's T.
+
+Scores every kept interval checkpoint of a run (``checkpoint_E_U.pt``, from fairseq-train's
+``--save-interval-updates N --keep-interval-updates -1``) on the valid and test subsets with the scorer
+``results`` uses (cached beside the run), and picks T by the rule in :func:`pick_t`.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Dict, List, Optional
+
+from ..checkpoints import Checkpoint
+from ..pruning import PruningError, atomic_write_json
+from . import figures
+from .scoring import score
+
+INTERVAL = re.compile(r"^checkpoint_\d+_(\d+)\.pt$")
+MIN_GAIN, WINDOW = 0.3, 0.25
+RULE = (f"T is the first checkpoint after which valid BLEU gains less than {MIN_GAIN} over the next "
+        f"{WINDOW:.0%} of T (the best valid BLEU of the checkpoints after T up to the first one at or past "
+        f"{1 + WINDOW:g}·T, minus valid BLEU at T)")
+
+
+def add_arguments(parser):
+    parser.add_argument("run", help="a run dir with interval checkpoints (checkpoint_E_U.pt)")
+    parser.add_argument("--references-dir", required=True,
+                        help="folder of plain-text references named SUBSET.TGT (prepare's OUT/text)")
+    parser.add_argument("--tgt", required=True, help="target language (the references' suffix)")
+    parser.add_argument("--subsets", default="valid,test", help="subsets to score; the first picks T")
+    parser.add_argument("--every", type=int, help="use only checkpoints at multiples of this many updates")
+    parser.add_argument("--data", help="data-bin folder (default: the one the run was trained on)")
+    parser.add_argument("--beam", type=int, default=5, help="fairseq-generate --beam")
+    parser.add_argument("--batch-size", type=int, default=128, help="fairseq-generate --batch-size")
+    parser.add_argument("--remove-bpe", default="sentencepiece", help="fairseq-generate --remove-bpe")
+    parser.add_argument("--generate-command", default=f"{sys.executable} -m fairseq_cli.generate",
+                        help="how to run fairseq-generate (default: this Python's)")
+    parser.add_argument("--json", help="write the curve and T as JSON here")
+    parser.add_argument("--plot", help="write the curve (PNG) here")
+
+
+def pick_t(bleu: Dict[int, float], min_gain: float = MIN_GAIN, window: float = WINDOW) -> Optional[int]:
+    """The first update t whose window (t, first checkpoint >= (1 + window)·t] exists and gains < min_gain."""
+    updates = sorted(bleu)
+    for i, t in enumerate(updates):
+        later = updates[i + 1:]
+        end = next((u for u in later if u >= (1 + window) * t), None)
+        if end is None:
+            return None  # the curve does not reach this checkpoint's window yet
+        if max(bleu[u] for u in later if u <= end) - bleu[t] < min_gain:
+            return t
+    return None
+
+
+def interval_checkpoints(run: str, every: Optional[int]) -> Dict[int, str]:
+    if not os.path.isdir(run):
+        raise PruningError(f"no such run dir: {run}")
+    found = {}
+    for name in os.listdir(run):
+        match = INTERVAL.match(name)
+        if match and (not every or int(match.group(1)) % every == 0):
+            found[int(match.group(1))] = os.path.join(run, name)
+    if not found:
+        raise PruningError(f"{run} holds no interval checkpoints (checkpoint_E_U.pt): train with "
+                           "--save-interval-updates N --keep-interval-updates -1")
+    return dict(sorted(found.items()))
+
+
+def collect(args) -> dict:
+    subsets = [s for s in args.subsets.split(",") if s]
+    for subset in subsets:
+        path = os.path.join(args.references_dir, f"{subset}.{args.tgt}")
+        if not os.path.isfile(path):
+            raise PruningError(f"--references-dir has no {subset}.{args.tgt}")
+    points: List[dict] = []
+    for update, path in interval_checkpoints(args.run, args.every).items():
+        extra = Checkpoint(path, "checkpoint", mmap=True).state.get("extra_state") or {}
+        point = {"update": update, "checkpoint": path, "valid_loss": extra.get("val_loss")}
+        for subset in subsets:
+            options = argparse.Namespace(**{**vars(args), "subset": subset, "no_score": False,
+                                            "references": os.path.join(args.references_dir, f"{subset}.{args.tgt}")})
+            point[subset] = score(args.run, path, options)
+        points.append(point)
+    first = subsets[0]
+    t = pick_t({p["update"]: p[first]["bleu"] for p in points})
+    return {"run": os.path.abspath(args.run), "rule": RULE, "rule_subset": first, "T": t, "points": points}
+
+
+def markdown(result: dict) -> str:
+    subsets = [k for k in result["points"][0] if k not in ("update", "checkpoint", "valid_loss")]
+    lines = ["| update | valid loss | " + " | ".join(f"{s} BLEU" for s in subsets) + " |",
+             "|---|---|" + "---|" * len(subsets)]
+    for p in result["points"]:
+        loss = f"{p['valid_loss']:.3f}" if p["valid_loss"] is not None else "-"
+        mark = " (T)" if p["update"] == result["T"] else ""
+        lines.append(f"| {p['update']}{mark} | {loss} | " + " | ".join(f"{p[s]['bleu']:.2f}" for s in subsets) + " |")
+    verdict = f"T = {result['T']}" if result["T"] else "T: not reached yet (the curve must go on)"
+    return "\n".join(lines + ["", f"Rule ({result['rule_subset']} BLEU): {result['rule']}.", verdict]) + "\n"
+
+
+def plot(result: dict, target: str) -> None:
+    plt = figures.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    subsets = [k for k in result["points"][0] if k not in ("update", "checkpoint", "valid_loss")]
+    for subset in subsets:
+        ax.plot([p["update"] for p in result["points"]], [p[subset]["bleu"] for p in result["points"]],
+                marker="o", label=f"{subset} BLEU")
+    if result["T"]:
+        ax.axvline(result["T"], color="black", linestyle="--", label=f"T = {result['T']}")
+    ax.set_xlabel("updates")
+    ax.set_ylabel("BLEU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figures.save(fig, target)
+
+
+def main(args):
+    try:
+        result = collect(args)
+        print(markdown(result), end="")
+        if args.json:
+            atomic_write_json(result, args.json)
+        if args.plot:
+            plot(result, args.plot)
+    except PruningError as err:
+        sys.exit(f"fairseq-slt curve: error: {err}")
+    return 0
