@@ -49,7 +49,7 @@ def main():
         sizes, rows = {}, None
         with tempfile.TemporaryDirectory() as work:
             for values in ("fp32", "fp16", "bf16"):
-                state, report = compress(checkpoint.model, meta, values, masked=list(mask) if mask is not None else ())
+                state, report = compress(checkpoint.model, meta, values, masks=mask if mask is not None else {})
                 rows = report if values == "fp32" else rows
                 out = os.path.join(work, f"{values}.pt")
                 atomic_save(state, out)

@@ -39,7 +39,7 @@ def run(args) -> dict:
     checkpoint = Checkpoint(args.input, "input checkpoint", state=_load_input(args.input))
     meta = inference_state(checkpoint.state)
     mask = checkpoint.mask()
-    state, rows = compress(checkpoint.model, meta, args.values, masked=list(mask) if mask is not None else ())
+    state, rows = compress(checkpoint.model, meta, args.values, masks=mask if mask is not None else {})
     atomic_save(state, args.output)
     dense = sum(row["dense_fp32_bytes"] for row in rows)
     report = {"input": args.input, "output": args.output, "values": args.values,

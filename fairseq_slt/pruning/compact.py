@@ -3,15 +3,16 @@
 A matrix with zeros is stored as (1) the bitmap of its nonzero entries, bit-packed and LZMA-coded, and
 (2) its nonzero values in the chosen dtype, byte-planes split (all high bytes, then the next, ...) and
 LZMA-coded: the sign/exponent plane of trained weights codes to a few bits, the mantissa planes stay
-as they are.  Vectors and matrices without zeros are stored as tensors.  With fp32 values the round trip
-is bit-exact (zeros are told apart by bit pattern, so -0.0 survives).  The masked matrices are always
-stored as bitmaps and named so, which makes the mask recoverable: it is their nonzero bitmap.  Nothing
+as they are.  Vectors and matrices without zeros are stored as tensors.  A matrix a pruning mask covers
+is always stored as a bitmap, and its bitmap is the mask itself (named in the index, so the mask is read
+back exactly); its pruned positions come back as +0.0 even where an older run left -0.0.  Elsewhere zeros
+are told apart by bit pattern, so with fp32 values the round trip is bit-exact (-0.0 survives).  Nothing
 here imports fairseq.
 """
 import hashlib
 import json
 import lzma
-from typing import Collection, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -50,9 +51,10 @@ def _join_planes(data: bytes, count: int, itemsize: int) -> np.ndarray:
 
 
 def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32",
-             masked: Collection[str] = ()) -> Tuple[dict, List[dict]]:
+             masks: Mapping[str, torch.Tensor] = {}) -> Tuple[dict, List[dict]]:
     """(compact state, per-tensor report rows) for a state dict; ``meta``: the rest of the checkpoint;
-    ``masked``: the names a pruning mask covers (their bitmaps will be the mask, see ``expand_with_mask``).
+    ``masks``: the run's pruning mask, name -> bool tensor (True: kept); each masked matrix's bitmap is
+    its mask, see ``expand_with_mask``. A weight that is not zero where the mask prunes is refused.
 
     Every byte of weights goes into one blob (one storage in the file); ``index`` locates each tensor."""
     if values not in VALUE_DTYPES:
@@ -68,10 +70,10 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
         return [offset - len(data), len(data)]
 
     names = aliases(model)
-    unknown = sorted(set(masked) - set(names))
+    unknown = sorted(set(masks) - set(names))
     if unknown:
         raise PruningError(f"the mask names {unknown[0]}, which is not in the checkpoint's weights")
-    mask_name = {names[name]: name for name in masked}  # a tied tensor's mask is kept under the mask's name
+    mask_name = {names[name]: name for name in masks}  # a tied tensor's mask is kept under the mask's name
     for name, first in names.items():
         if first != name:
             entries.append({"name": name, "kind": "alias", "of": first})
@@ -80,6 +82,8 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
         entry = {"name": name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)}
         stored = tensor.to(value_dtype) if tensor.is_floating_point() else tensor
         nonzero = _bytes(tensor).any(axis=1) if tensor.is_floating_point() and tensor.dim() >= 2 else None
+        if name in mask_name and nonzero is not None:
+            nonzero = _mask_bitmap(name, tensor, masks[mask_name[name]])
         if nonzero is not None:
             matrix_total += nonzero.size
             matrix_zeros += int(nonzero.size - nonzero.sum())
@@ -114,6 +118,18 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
              "checkpoint": meta, "blob": torch.frombuffer(bytearray(raw), dtype=torch.uint8)}
     state["sha256"] = _checksum(state, raw)
     return state, report
+
+
+def _mask_bitmap(name: str, tensor: torch.Tensor, keep) -> np.ndarray:
+    """The mask as the matrix's bitmap, once the weights are checked to be zero (either sign) where it prunes."""
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(tensor.shape):
+        raise PruningError(f"the mask of {name} is not a boolean tensor of the weight's shape {tuple(tensor.shape)}")
+    keep = keep.reshape(-1).cpu()
+    stray = int((tensor.reshape(-1)[~keep] != 0).sum())
+    if stray:
+        raise PruningError(f"{name} holds {stray} nonzero weights where its mask prunes: the checkpoint does not "
+                           "match its mask")
+    return keep.numpy().copy()
 
 
 def is_compact(state) -> bool:

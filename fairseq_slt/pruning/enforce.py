@@ -32,14 +32,23 @@ def prunable_parameters(
     return chosen
 
 
+_WORDS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer of each float width
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The same storage seen as integers of the same width (what AND and bit-level checks work on)."""
+    return tensor.view(_WORDS[tensor.element_size()])
+
+
 class MaskEnforcer:
     """Hooks that zero masked gradients in place, plus ``apply()`` to zero masked weights.
 
     Hooks alone are not enough (Adam moments, weight decay and restored optimizer state move
-    masked weights), so ``apply()`` is called after every optimizer step too. On the device the mask
-    is a multiplier in each tensor's dtype (0 or 1): ``mul_`` by it is ~5x faster than ``masked_fill_``
-    with a bool mask (measured on 46M weights: 10 vs 47 ms), at 4 bytes per fp32 weight. A pruned
-    weight is then +0.0 or -0.0, both exactly zero.
+    masked weights), so ``apply()`` is called after every optimizer step too. A pruned weight is made
+    +0.0, all bits zero: the tensor's bits are ANDed with a word per weight (all ones where kept, 0
+    where pruned). That is one pass like ``mul_`` by a 0/1 factor (~5x faster than ``masked_fill_``
+    with a bool mask on 46M weights, 10 vs 47 ms), but ``mul_`` turns a pruned negative weight into
+    -0.0, whose bits a compact file and a mask read back from the weights would count as kept.
     """
 
     def __init__(self, parameters: Dict[str, torch.nn.Parameter], zero_gradients: bool = True):
@@ -51,18 +60,19 @@ class MaskEnforcer:
                        if zero_gradients]
 
     def _factor(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """The mask as 0/1 in ``like``'s dtype and device (made once per mask, dtype and device)."""
-        key = (name, like.dtype, like.device)
+        """The mask as words of ``like``'s width (-1: kept, 0: pruned) on its device, made once per
+        mask, width and device; ``bits(like).bitwise_and_(factor)`` zeroes the pruned positions' bits."""
+        key = (name, _WORDS[like.element_size()], like.device)
         factor = self._factors.get(key)
         if factor is None:
-            factor = self._factors[key] = self.mask[name].to(device=like.device, dtype=like.dtype)
+            factor = self._factors[key] = -self.mask[name].to(device=like.device, dtype=key[1])
         return factor
 
     def _hook(self, name: str):
         @torch.no_grad()
         def zero_masked_grad(param: torch.Tensor) -> None:
             if self.mask is not None and param.grad is not None:
-                param.grad.mul_(self._factor(name, param.grad))
+                bits(param.grad).bitwise_and_(self._factor(name, param.grad))
         return zero_masked_grad
 
     def set_mask(self, mask: Mask) -> None:
@@ -76,7 +86,7 @@ class MaskEnforcer:
         if self.mask is None:
             return
         for name, param in self.parameters.items():
-            param.mul_(self._factor(name, param))
+            bits(param).bitwise_and_(self._factor(name, param))
 
     def _masked_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]):
         """(copy, its 0/1 factor) for each copy of a masked parameter that has storage of its own."""
@@ -90,16 +100,16 @@ class MaskEnforcer:
     def apply_to_copies(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
         """Zero the masked positions of other copies of the parameters (e.g. fp32 master weights)."""
         for copy, factor in self._masked_copies(copies):
-            copy.mul_(factor)
+            bits(copy).bitwise_and_(factor)
 
     @torch.no_grad()
     def masked_nonzero(self, copies: Iterable[Tuple[torch.nn.Parameter, torch.Tensor]] = ()) -> int:
-        """Pruned positions whose value is not exactly 0.0, in the parameters and in ``copies``
+        """Pruned positions whose bits are not all zero (-0.0 counts), in the parameters and in ``copies``
         (e.g. fp32 master weights)."""
         if self.mask is None:
             return 0
-        count = sum(int(((p != 0) & (self._factor(n, p) == 0)).sum()) for n, p in self.parameters.items())
-        return count + sum(int(((copy != 0) & (factor == 0)).sum()) for copy, factor in self._masked_copies(copies))
+        count = sum(int(((bits(p) != 0) & (self._factor(n, p) == 0)).sum()) for n, p in self.parameters.items())
+        return count + sum(int(((bits(copy) != 0) & (factor == 0)).sum()) for copy, factor in self._masked_copies(copies))
 
     def remove(self) -> None:
         for handle in self._hooks:

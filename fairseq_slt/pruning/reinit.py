@@ -33,5 +33,5 @@ def constant_weights(
             sign = torch.where(weight < 0, -1.0, 1.0)
         else:
             sign = torch.randint(0, 2, weight.shape, generator=generator).float() * 2 - 1
-        result[name] = (sign * clt_magnitude(weight.shape) * keep).to(weight.dtype)
+        result[name] = torch.where(keep, sign * clt_magnitude(weight.shape), 0.0).to(weight.dtype)  # +0.0, never -0.0
     return result
