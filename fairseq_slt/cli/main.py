@@ -16,6 +16,8 @@ SUBCOMMANDS = {
     "curve": ("curve", "a run's learning curve (valid/test BLEU of every interval checkpoint) and the protocol's T"),
     "compress": ("compress", "a pruned checkpoint -> a compact file: per matrix a coded bitmap + kept values"),
     "decompress": ("decompress", "a compact file -> a standard fairseq checkpoint (bit-identical fp32 weights)"),
+    "export-ct2": ("export_ct2", "a pruned checkpoint or compact file -> a CTranslate2 model (int8 etc.), verified "
+                   "against fairseq-generate"),
     "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),
     "link-user-dir": (None, "make '--user-dir fairseq_slt' work from any folder after an editable install"),
 }

@@ -6,7 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from ..checkpoints import Checkpoint
 from ..pruning import PruningError, atomic_write_json
@@ -37,8 +37,20 @@ def score(run: str, checkpoint_path: str, args) -> Optional[dict]:
 
 
 def generate_and_score(checkpoint_path: str, args) -> dict:
-    from sacrebleu.metrics import BLEU, CHRF
+    generated = generate(checkpoint_path, args)
+    return dict(score_texts(generated.hyps, generated.refs), command=shlex.join(generated.command))
 
+
+class Generated(NamedTuple):
+    hyps: Dict[int, str]  # sentence id -> detokenized hypothesis
+    refs: Dict[int, str]  # sentence id -> reference
+    lengths: Dict[int, int]  # sentence id -> the hypothesis' tokens, end of sentence excluded
+    command: List[str]
+
+
+def generate(checkpoint_path: str, args) -> Generated:
+    """fairseq-generate on ``args.subset``; references from ``args.references`` when given, else fairseq's
+    target side."""
     data = args.data or (Checkpoint(checkpoint_path, "checkpoint", mmap=True).state.get("cfg") or {}).get(
         "task", {}).get("data")
     command = [*shlex.split(args.generate_command), data, "--path", checkpoint_path, "--user-dir",
@@ -51,27 +63,35 @@ def generate_and_score(checkpoint_path: str, args) -> dict:
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise PruningError(f"fairseq-generate failed on {checkpoint_path}: {last}")
-    hyps, refs = {}, {}
+    hyps, refs, lengths = {}, {}, {}
     for line in result.stdout.splitlines():
         tag, _, rest = line.partition("\t")
         if tag.startswith("D-"):
             hyps[int(tag[2:])] = rest.split("\t", 1)[1]
         elif tag.startswith("T-"):
             refs[int(tag[2:])] = rest
+        elif tag.startswith("P-"):  # one positional score per token, end of sentence included
+            lengths[int(tag[2:])] = len(rest.split()) - 1
     if args.references:
         with open(args.references, encoding="utf-8") as handle:
             refs = dict(enumerate(line.rstrip("\n") for line in handle))
         if hyps and max(hyps) >= len(refs):
             raise PruningError(f"--references has {len(refs)} lines, fewer than the {args.subset} subset's sentences")
-    # fairseq-generate prints nothing for a sentence whose beam search ends without a hypothesis: scored as empty
+    return Generated(hyps, refs, lengths, command)
+
+
+def score_texts(hyps: dict, refs: dict) -> dict:
+    """sacreBLEU and chrF of id -> hypothesis against id -> reference (a missing hypothesis scores as empty)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    # fairseq-generate prints nothing for a sentence whose beam search ends without a hypothesis
     ids = sorted(refs)
     bleu, chrf = BLEU(), CHRF()
     hypotheses, references = [hyps.get(i, "") for i in ids], [[refs[i] for i in ids]]
     return {"bleu": round(bleu.corpus_score(hypotheses, references).score, 2),
             "chrf": round(chrf.corpus_score(hypotheses, references).score, 2),
             "signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
-            "sentences": len(ids), "missing_hypotheses": sum(1 for i in ids if i not in hyps),
-            "command": shlex.join(command)}
+            "sentences": len(ids), "missing_hypotheses": sum(1 for i in ids if i not in hyps)}
 
 
 def _has_cuda() -> bool:
