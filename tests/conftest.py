@@ -192,9 +192,10 @@ def data_bin(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dense_run(data_bin, tmp_path_factory):
-    """A dense run that saved rewind points 0 and 4."""
+    """A dense run that saved rewind points 0 and 4, and kept checkpoints at updates 8 and 16 (a curve)."""
     save = str(tmp_path_factory.mktemp("dense"))
-    result = train(data_bin, save, "--prune-method", "none", "--save-rewind-points", "0,4", max_update=16)
+    result = train(data_bin, save, "--prune-method", "none", "--save-rewind-points", "0,4", "--save-interval-updates",
+                   8, "--keep-interval-updates", -1, max_update=16)
     return {"dir": save, "stdout": result.stdout, "best": os.path.join(save, "checkpoint_best.pt"),
             "last": os.path.join(save, "checkpoint_last.pt"),
             "rewind0": os.path.join(save, "checkpoint_rewind_0.pt"),

@@ -70,6 +70,22 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
         last = load(os.path.join(row["run"], "checkpoint_last.pt"))["extra_state"]["previous_training_time"]
         assert 0 < row["train_seconds"] == round(last, 1), run
     assert data["unfinished"] == []
+    # what each cell cost in all: SLT at 80 % needs dense and SLT 50 %; SLT-MP also SLT 80 %; MP only itself
+    cost = {run: (by_run[run]["cost_runs"], by_run[run]["cost_updates"]) for run in by_run}
+    assert cost["dense"] == (1, 8) and cost["mp/mp_0.8"] == (1, 8) and cost["slt/slt_0.8"] == (3, 24)
+    assert cost["slt-mp/mp_0.8"] == (3, 24) and cost["mp-slt/slt_0.8"] == (2, 16)  # SLT-MP from SLT 50 %
+    seconds = sum(by_run[r]["train_seconds"] for r in ("dense", "slt/slt_0.5", "slt/slt_0.8"))
+    assert abs(by_run["slt/slt_0.8"]["cost_hours"] - seconds / 3600) < 1e-3
+    assert "| 80 % | 8 (1 runs" in table and " 24 (3 runs, " in table
+    # the claims, judged from these rows (one seed: no noise measured)
+    assert data["noise"] is None and [c["claim"] for c in data["claims"]] == ["a", "b", "c", "d"]
+    bleu = {(r["label"], r["target_sparsity"]): r["score"]["bleu"] for r in data["rows"]}
+    claim_c = data["claims"][2]
+    expected = "holds" if bleu[("clt", 0.5)] >= bleu[("clt (random signs)", 0.5)] else "fails"
+    assert claim_c["verdict"] == expected and claim_c["comparisons"][0]["clt"] == bleu[("clt", 0.5)]
+    assert f"- (c) CLT with true signs is above CLT with random signs: **{expected}**" in table
+    assert [c["sparsity"] for c in data["claims"][0]["comparisons"]] == [0.5, 0.8]
+    assert data["claims"][1]["verdict"] == "not run"  # no level from 90 % in this tiny table
     total = sum(r["train_seconds"] for r in data["rows"]) / 3600
     assert f"Training time (fairseq's wall time of each run, validation included): 12 runs, {total:.2f} h" in table
 

@@ -4,4 +4,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 run fairseq-slt results "$WORK" --subset test --beam "$BEAM" --batch-size 128 --remove-bpe sentencepiece \
   --references "$WORK/data/text/test.$TGT" --chrf --table "$WORK/results/table.md" \
-  --plot "$WORK/results/bleu_vs_sparsity.png" --json "$WORK/results/results.json"
+  --plot "$WORK/results/bleu_vs_sparsity.png" --json "$WORK/results/results.json" --force

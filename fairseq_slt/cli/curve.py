@@ -1,18 +1,20 @@
-"""``fairseq-slt curve``: a run's learning curve and the protocol's T.
+"""``fairseq-slt curve``: the learning curve of one or more runs (seeds) and the protocol's T.
 
-Scores every kept interval checkpoint of a run (``checkpoint_E_U.pt``, from fairseq-train's
+Scores every kept interval checkpoint of each run (``checkpoint_E_U.pt``, from fairseq-train's
 ``--save-interval-updates N --keep-interval-updates -1``) on the valid and test subsets with the scorer
-``results`` uses (cached beside the run), and picks T by the rule in :func:`pick_t`.
+``results`` uses (cached beside the run), and picks T by the rule in :func:`pick_t`, applied to the
+seeds' mean valid BLEU at the updates every run has reached.
 """
 import argparse
-import json
 import os
 import re
+import statistics
 import sys
 from typing import Dict, List, Optional
 
 from ..checkpoints import Checkpoint
 from ..pruning import PruningError, atomic_write_json
+from ..pruning.io import refuse_overwrite
 from . import figures
 from .scoring import score
 
@@ -24,7 +26,8 @@ RULE = (f"T is the first checkpoint after which valid BLEU gains less than {MIN_
 
 
 def add_arguments(parser):
-    parser.add_argument("run", help="a run dir with interval checkpoints (checkpoint_E_U.pt)")
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="run dirs with interval checkpoints (checkpoint_E_U.pt): one per seed")
     parser.add_argument("--references-dir", required=True,
                         help="folder of plain-text references named SUBSET.TGT (prepare's OUT/text)")
     parser.add_argument("--tgt", required=True, help="target language (the references' suffix)")
@@ -38,6 +41,7 @@ def add_arguments(parser):
                         help="how to run fairseq-generate (default: this Python's)")
     parser.add_argument("--json", help="write the curve and T as JSON here")
     parser.add_argument("--plot", help="write the curve (PNG) here")
+    parser.add_argument("--force", action="store_true", help="overwrite --json and --plot if they exist")
 
 
 def pick_t(bleu: Dict[int, float], min_gain: float = MIN_GAIN, window: float = WINDOW) -> Optional[int]:
@@ -68,44 +72,71 @@ def interval_checkpoints(run: str, every: Optional[int]) -> Dict[int, str]:
 
 
 def collect(args) -> dict:
+    for output in (args.json, args.plot):
+        if output:
+            refuse_overwrite(output, args.force)
     subsets = [s for s in args.subsets.split(",") if s]
     for subset in subsets:
         path = os.path.join(args.references_dir, f"{subset}.{args.tgt}")
         if not os.path.isfile(path):
             raise PruningError(f"--references-dir has no {subset}.{args.tgt}")
-    points: List[dict] = []
-    for update, path in interval_checkpoints(args.run, args.every).items():
-        extra = Checkpoint(path, "checkpoint", mmap=True).state.get("extra_state") or {}
-        point = {"update": update, "checkpoint": path, "valid_loss": extra.get("val_loss")}
-        for subset in subsets:
-            options = argparse.Namespace(**{**vars(args), "subset": subset, "no_score": False,
-                                            "references": os.path.join(args.references_dir, f"{subset}.{args.tgt}")})
-            point[subset] = score(args.run, path, options)
-        points.append(point)
+    found = {run: interval_checkpoints(run, args.every) for run in args.runs}  # every run checked before scoring
+    curves = {}
+    for run, checkpoints in found.items():
+        points: List[dict] = []
+        for update, path in checkpoints.items():
+            extra = Checkpoint(path, "checkpoint", mmap=True).state.get("extra_state") or {}
+            point = {"update": update, "checkpoint": path, "valid_loss": extra.get("val_loss")}
+            for subset in subsets:
+                options = argparse.Namespace(**{**vars(args), "subset": subset, "no_score": False, "references":
+                                                os.path.join(args.references_dir, f"{subset}.{args.tgt}")})
+                point[subset] = score(run, path, options)["bleu"]
+            points.append(point)
+        curves[os.path.abspath(run)] = points
+    shared = sorted(set.intersection(*(set(p["update"] for p in points) for points in curves.values())))
+    mean = [{"update": u, **{s: round(statistics.mean(_at(points, u)[s] for points in curves.values()), 2)
+                             for s in subsets},
+             "valid_loss": _mean_or_none(_at(points, u)["valid_loss"] for points in curves.values())} for u in shared]
     first = subsets[0]
-    t = pick_t({p["update"]: p[first]["bleu"] for p in points})
-    return {"run": os.path.abspath(args.run), "rule": RULE, "rule_subset": first, "T": t, "points": points}
+    t = pick_t({p["update"]: p[first] for p in mean})
+    return {"runs": curves, "mean": mean, "subsets": subsets, "rule": RULE, "rule_subset": first, "T": t}
+
+
+def _at(points: List[dict], update: int) -> dict:
+    return next(p for p in points if p["update"] == update)
+
+
+def _mean_or_none(values):
+    values = list(values)
+    return None if any(v is None for v in values) else round(statistics.mean(values), 4)
 
 
 def markdown(result: dict) -> str:
-    subsets = [k for k in result["points"][0] if k not in ("update", "checkpoint", "valid_loss")]
-    lines = ["| update | valid loss | " + " | ".join(f"{s} BLEU" for s in subsets) + " |",
-             "|---|---|" + "---|" * len(subsets)]
-    for p in result["points"]:
+    subsets, runs = result["subsets"], list(result["runs"])
+    several = len(runs) > 1
+    head = [f"{s} BLEU" + (" (mean)" if several else "") for s in subsets]
+    head += [f"{s} BLEU {os.path.basename(run)}" for run in runs for s in subsets] if several else []
+    lines = ["| update | valid loss | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for p in result["mean"]:
         loss = f"{p['valid_loss']:.3f}" if p["valid_loss"] is not None else "-"
         mark = " (T)" if p["update"] == result["T"] else ""
-        lines.append(f"| {p['update']}{mark} | {loss} | " + " | ".join(f"{p[s]['bleu']:.2f}" for s in subsets) + " |")
+        cells = [f"{p[s]:.2f}" for s in subsets]
+        cells += [f"{_at(result['runs'][run], p['update'])[s]:.2f}" for run in runs for s in subsets] if several else []
+        lines.append(f"| {p['update']}{mark} | {loss} | " + " | ".join(cells) + " |")
     verdict = f"T = {result['T']}" if result["T"] else "T: not reached yet (the curve must go on)"
-    return "\n".join(lines + ["", f"Rule ({result['rule_subset']} BLEU): {result['rule']}.", verdict]) + "\n"
+    rule = f"Rule ({result['rule_subset']} BLEU{', the mean of the runs' if several else ''}): {result['rule']}."
+    return "\n".join(lines + ["", rule, verdict]) + "\n"
 
 
 def plot(result: dict, target: str) -> None:
     plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    subsets = [k for k in result["points"][0] if k not in ("update", "checkpoint", "valid_loss")]
-    for subset in subsets:
-        ax.plot([p["update"] for p in result["points"]], [p[subset]["bleu"] for p in result["points"]],
-                marker="o", label=f"{subset} BLEU")
+    for index, subset in enumerate(result["subsets"]):
+        for run, points in result["runs"].items():
+            label = f"{subset} BLEU" + (f" {os.path.basename(run)}" if len(result["runs"]) > 1 else "")
+            style = "-" if run == next(iter(result["runs"])) else ":"
+            ax.plot([p["update"] for p in points], [p[subset] for p in points], style, marker="o", markersize=3,
+                    label=label, color=f"C{index}")
     if result["T"]:
         ax.axvline(result["T"], color="black", linestyle="--", label=f"T = {result['T']}")
     ax.set_xlabel("updates")

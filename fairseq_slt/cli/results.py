@@ -7,19 +7,17 @@ options are unchanged.
 """
 import json
 import os
-import statistics
 import sys
 from typing import Dict, List, Optional
 
 from ..checkpoints import Checkpoint, unique_tensors
-from . import figures
+from . import claims, report
+from .report import CONTROLS
 from .scoring import score
 from ..pruning import PruningError, atomic_write_json, atomic_write_text
+from ..pruning.io import refuse_overwrite
 from ..run_dir import LAST, MANIFEST
 
-CONTROLS = (("prune_clt_random_signs", "random signs"), ("prune_random_mask", "random mask"),
-            ("prune_reinit", "reinit"))
-ORDER = ["dense", "mp", "lt", "slt", "clt", "slt-mp", "mp-slt"]
 
 
 def add_arguments(parser):
@@ -39,6 +37,7 @@ def add_arguments(parser):
     parser.add_argument("--generate-command", default=f"{sys.executable} -m fairseq_cli.generate",
                         help="how to run fairseq-generate (default: this Python's)")
     parser.add_argument("--no-score", action="store_true", help="use cached scores only; score nothing")
+    parser.add_argument("--force", action="store_true", help="overwrite --table, --plot and --json if they exist")
 
 
 def find_runs(folders: List[str]) -> List[str]:
@@ -145,95 +144,54 @@ def collect(args) -> dict:
                      "target_sparsity": float(identity.get("prune_sparsity") or 0.0),
                      "sparsity": round(mask.sparsity(), 6) if mask is not None else 0.0,
                      "checkpoint": checkpoint_path, "train_command": manifests[run].get("command"),
-                     "train_seconds": train_seconds(run), **compact_bytes(checkpoint),
-                     "score": score(run, checkpoint_path, args)})
-    return {"rows": rows, "unfinished": unfinished}
+                     "seed": identity.get("seed"), "updates": updates_of(run), "train_seconds": train_seconds(run),
+                     **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args)})
+    for row in rows:
+        row.update(cost(row["run"], identities))
+    return {"rows": rows, "unfinished": unfinished, **claims.judge(rows)}
 
 
-def markdown(result: dict, chrf: bool) -> str:
-    rows = [r for r in result["rows"] if r["score"] is not None]
-    labels = _method_labels(rows)
-    dense = next((r for r in rows if r["label"] == "dense"), None)
-    levels = sorted({r["target_sparsity"] for r in rows if r["label"] != "dense"})
-    labels = labels or ["dense"]  # only the dense run so far
-
-    def cell(row):
-        if row is None:
-            return "-"
-        text = f"{row['score']['bleu']:.1f}"
-        return f"{text} / {row['score']['chrf']:.1f}" if chrf else text
-
-    lines = ["| sparsity | size (bitmap + fp32) | " + " | ".join(labels) + " |",
-             "|---|---|" + "---|" * len(labels)]
-    if dense is not None:
-        lines.append(f"| 0 (dense) | {_mb(dense['dense_fp32_bytes'])} | " + " | ".join(cell(dense) for _ in labels) + " |")
-    for level in levels:
-        at = {r["label"]: r for r in rows if r["target_sparsity"] == level and r["label"] != "dense"}
-        size = min(r["bitmap_fp32_bytes"] for r in at.values())
-        lines.append(f"| {level * 100:g} % | {_mb(size)} | " + " | ".join(cell(at.get(label)) for label in labels) + " |")
-    notes = ["", f"Cells: test BLEU{' / chrF' if chrf else ''} (sacreBLEU, detokenized, cased)."]
-    signatures = sorted({r["score"]["signature"] for r in rows})
-    notes += [f"BLEU signature: `{s}`" for s in signatures]
-    timed = [r["train_seconds"] for r in result["rows"] if r.get("train_seconds") is not None]
-    if timed:
-        notes.append(f"Training time (fairseq's wall time of each run, validation included): {len(timed)} runs, "
-                     f"{sum(timed) / 3600:.2f} h in all, median {statistics.median(timed) / 60:.1f} min.")
-    for item in result["unfinished"]:
-        notes.append(f"Unfinished: {item['run']} ({item['why']})")
-    return "\n".join(lines + notes) + "\n"
+def chain_of(run: str, identities: Dict[str, dict]) -> List[str]:
+    """The run and every run it needed: its mask source's and rewind point's runs, and theirs (each once)."""
+    chain, todo = [], [run]
+    while todo:
+        current = todo.pop()
+        if current in chain or current not in identities:
+            continue
+        chain.append(current)
+        identity = identities[current]
+        todo += [os.path.dirname(identity[key]) for key in ("mask_from", "rewind_from") if identity.get(key)]
+    return chain
 
 
-def _method_labels(rows: List[dict]) -> List[str]:
-    """The methods in the paper's column order (controls after their method)."""
-    def key(label):
-        method = label.split(" ")[0]
-        return ORDER.index(method) if method in ORDER else len(ORDER), label
-    return sorted({r["label"] for r in rows if r["label"] != "dense"}, key=key)
+def cost(run: str, identities: Dict[str, dict]) -> dict:
+    """What the cell cost in all, the dense run and earlier levels included: updates and CPU hours
+    (fairseq's training wall time of each run: one thread a run in the recipes)."""
+    chain = chain_of(run, identities)
+    seconds = [train_seconds(r) for r in chain]
+    return {"cost_runs": len(chain), "cost_updates": sum(updates_of(r) or 0 for r in chain),
+            "cost_hours": round(sum(s or 0 for s in seconds) / 3600, 3) if all(s is not None for s in seconds) else None}
 
 
-def _color(label: str) -> str:
-    """One colour per method whatever else is plotted, so plots of different runs compare at a glance:
-    C1-C6 for the methods (in ORDER), C7-C9 for the controls."""
-    method = label.split(" ")[0]
-    for index, (_, name) in enumerate(CONTROLS):
-        if label.endswith(f"({name})"):
-            return f"C{7 + index}"
-    return f"C{ORDER.index(method)}" if method in ORDER else "black"
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
-
-
-def plot(result: dict, target: str) -> None:
-    plt = figures.pyplot()
-    rows = [r for r in result["rows"] if r["score"] is not None]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    dense = next((r for r in rows if r["label"] == "dense"), None)
-    if dense is not None:
-        ax.axhline(dense["score"]["bleu"], color="black", linestyle="--", label=f"dense ({dense['score']['bleu']:.1f})")
-    for label in _method_labels(rows):
-        points = sorted((r["target_sparsity"] * 100, r["score"]["bleu"]) for r in rows if r["label"] == label)
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=label, color=_color(label))
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel("test BLEU")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    figures.save(fig, target)
+def updates_of(run: str) -> Optional[int]:
+    last = os.path.join(run, LAST)
+    return Checkpoint(last, "checkpoint", mmap=True).num_updates if os.path.isfile(last) else None
 
 
 def main(args):
     try:
+        for output in (args.table, args.plot, args.json):
+            if output:
+                refuse_overwrite(output, args.force)
         result = collect(args)
-        table = markdown(result, args.chrf)
+        table = report.markdown(result, args.chrf)
         print(table, end="")
         if args.table:
             atomic_write_text(table, args.table)
         if args.json:
             atomic_write_json(result, args.json)
         if args.plot:
-            plot(result, args.plot)
+            report.plot(result, args.plot)
     except PruningError as err:
         sys.exit(f"fairseq-slt results: error: {err}")
     return 0
