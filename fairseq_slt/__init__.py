@@ -23,6 +23,6 @@ if "fairseq" in sys.modules:
     # fairseq's own config code triggers Hydra's deprecation warnings in every run: not the user's concern
     warnings.filterwarnings("ignore", category=UserWarning, module=r"hydra(\.|$)")
     warnings.filterwarnings("ignore", category=UserWarning, message=r"\s*'config' is validated against ConfigStore")
-    from . import compact_loading, criterions, tasks  # noqa: F401  (registration)
+    from . import criterions, fairseq_patches, tasks  # noqa: F401  (registration)
 
-    compact_loading.install()
+    fairseq_patches.install()

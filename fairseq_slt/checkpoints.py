@@ -25,6 +25,11 @@ class Checkpoint:
             state = from_compact(state, f"{what} {path} (compact)")
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise PruningError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
+        odd = next((name for name, value in state["model"].items() if not isinstance(value, torch.Tensor)), None)
+        if odd is not None:
+            raise PruningError(f"{what} {path} is not a fairseq checkpoint (its model entry {odd!r} is not a tensor)")
+        if not isinstance(state.get("extra_state") or {}, dict):
+            raise PruningError(f"{what} {path} is not a fairseq checkpoint (its extra_state is not a dict)")
         self.state = state
 
     @property
@@ -33,12 +38,15 @@ class Checkpoint:
 
     @property
     def num_updates(self) -> Optional[int]:
-        history = self.state.get("optimizer_history") or [{}]
-        return history[-1].get("num_updates")
+        history = self.state.get("optimizer_history")
+        last = history[-1] if isinstance(history, list) and history else {}
+        updates = last.get("num_updates") if isinstance(last, dict) else None
+        return updates if isinstance(updates, int) else None
 
     @property
     def task_state(self) -> dict:
-        return (self.state.get("extra_state") or {}).get(TASK_KEY) or {}
+        task_state = (self.state.get("extra_state") or {}).get(TASK_KEY) or {}
+        return task_state if isinstance(task_state, dict) else {}
 
     def mask(self) -> Optional[Mask]:
         packed = self.task_state.get("mask")

@@ -98,6 +98,9 @@ class PruningRun:
             return None
         checkpoint = Checkpoint(path, f"{option} checkpoint")
         checkpoint.check_matches(model_state, self.dictionaries)
+        broken = next((name for name in self.params if not bool(torch.isfinite(checkpoint.model[name]).all())), None)
+        if broken is not None:  # a magnitude mask of NaN weights is arbitrary; a run from them learns nothing
+            raise PruningError(f"{option} checkpoint {path} holds NaN or infinite weights in {broken}")
         return checkpoint
 
     def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> None:

@@ -45,7 +45,15 @@ def validate_options(cfg, check_files: bool = True) -> None:
     for control, methods in CONTROLS.items():
         if getattr(cfg, control) and cfg.prune_method not in methods:
             raise PruningError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(methods)}")
+    restore = getattr(cfg, "restore_file", None)
+    if check_files and restore and restore != "checkpoint_last.pt" and not os.path.isfile(restore):
+        raise PruningError(f"--restore-file not found: {restore} (fairseq would start from scratch)")
     if cfg.prune_method == "none":
+        given = [option for option, value in (("--prune-sparsity", cfg.prune_sparsity), ("--prune-mask-from",
+                 cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)) if value]
+        if given:
+            raise PruningError(f"{given[0]} has no effect with --prune-method none (a dense run): "
+                               "choose a method (lt, slt, clt, mp) or drop it")
         return
     check_sparsity(cfg.prune_sparsity, "--prune-sparsity")
     if cfg.prune_method == "mp":

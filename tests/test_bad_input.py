@@ -50,6 +50,9 @@ def bad_files(data_bin, dense_run, slt_run, tmp_path_factory):
             (other_data / name).write_text("".join(lines))
     train(str(other_data), str(folder / "other-vocab-run"), "--prune-method", "none", max_update=1)
 
+    def nan_weight(state):
+        state["model"]["decoder.layers.0.fc1.weight"][0, 0] = float("nan")
+
     garbage = folder / "garbage.pt"
     garbage.write_bytes(os.urandom(4096))
     return {
@@ -60,6 +63,9 @@ def bad_files(data_bin, dense_run, slt_run, tmp_path_factory):
         "garbage": str(garbage),
         "other_vocab": str(folder / "other-vocab-run" / "checkpoint_last.pt"),
         "slt80": slt_run["best"],
+        "not_tensors": _variant(dense, str(folder / "not_tensors.pt"), lambda s: s["model"].update(extra="text")),
+        "extra_list": _variant(dense, str(folder / "extra_list.pt"), lambda s: s.update(extra_state=[1, 2])),
+        "nan": _variant(dense, str(folder / "nan.pt"), nan_weight),
     }
 
 
@@ -101,6 +107,15 @@ def cases(dense, bad):
                             "--prune-frequency", "0"], "--prune-frequency must be a positive number of updates, got 0"),
         "mp source sparser": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-end", "10",
                                "--prune-mask-from", bad["slt80"]], "starting mask's sparsity 0.7999 is above"),
+        "model not tensors": (slt(mask=bad["not_tensors"]), r"its model entry 'extra' is not a tensor"),
+        "extra_state not a dict": (slt(mask=bad["extra_list"]), "its extra_state is not a dict"),
+        "NaN in the mask source": (slt(mask=bad["nan"]), "holds NaN or infinite weights in decoder.layers.0.fc1"),
+        "none with a sparsity": (["--prune-method", "none", "--prune-sparsity", "0.5"],
+                                 "--prune-sparsity has no effect with --prune-method none"),
+        "none with a mask source": (["--prune-method", "none", "--prune-mask-from", dense["best"]],
+                                    "--prune-mask-from has no effect with --prune-method none"),
+        "missing restore file": (["--prune-method", "none", "--restore-file", "/nonexistent/checkpoint.pt"],
+                                 "--restore-file not found: /nonexistent/checkpoint.pt"),
         "control misuse": (["--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-end", "10",
                             "--prune-random-mask"], "--prune-random-mask applies to --prune-method lt/slt/clt"),
     }

@@ -97,7 +97,13 @@ def test_compact_size_is_within_the_entropy_bound_and_reported_truly(slt_run, tm
     meta = len(json.dumps(load(compact)["checkpoint"], default=str))
     assert report["compact_bytes"] <= weights_bound + meta + 8192
     half = str(tmp_path / "half.pt")
-    run_tool("fairseq-slt", "compress", slt_run["best"], half, "--values", "fp16", "--quiet", "--json", report_path)
+    # an existing report is not replaced without --force, and nothing else is written either
+    before = open(report_path).read()
+    refused = run_tool("fairseq-slt", "compress", slt_run["best"], half, "--json", report_path, check=False)
+    _one_error_line(refused, f"{report_path} exists; pass --force to overwrite it")
+    assert open(report_path).read() == before and not os.path.exists(half)
+    run_tool("fairseq-slt", "compress", slt_run["best"], half, "--values", "fp16", "--quiet", "--json", report_path,
+             "--force")
     half_report = json.load(open(report_path))
     values = [sum(row.get("values_bytes", 0) for row in r["tensors"]) for r in (report, half_report)]
     assert values[1] < 0.6 * values[0] and half_report["compact_bytes"] == os.path.getsize(half)

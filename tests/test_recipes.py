@@ -1,4 +1,5 @@
 """The Multi30k table recipe end to end in a tiny setting, and fairseq-slt results on its runs."""
+import importlib.util
 import json
 import os
 import shlex
@@ -49,7 +50,8 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     header = table.splitlines()[0]
     for label in ("mp", "lt", "slt", "clt", "clt (random signs)", "slt-mp", "mp-slt"):
         assert f"| {label} |" in header, header
-    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:] if line.startswith("|")}
+    first_table = table.split("\n\n")[0].splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line for line in first_table[2:] if line.startswith("|")}
     assert set(rows) == {"0 (dense)", "50 %", "80 %"}
     assert "BLEU signature: `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in table
     assert open(os.path.join(work, "results", "bleu_vs_sparsity.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -88,6 +90,16 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     assert data["claims"][1]["verdict"] == "not run"  # no level from 90 % in this tiny table
     total = sum(r["train_seconds"] for r in data["rows"]) / 3600
     assert f"Training time (fairseq's wall time of each run, validation included): 12 runs, {total:.2f} h" in table
+
+    # the deploy step: a compact file and a verified CTranslate2 model of a pruned run
+    if importlib.util.find_spec("ctranslate2"):
+        deployed = recipe("11_deploy.sh", work, RUN="slt/slt_0.8", QUANTIZATION="float32")
+        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        out = os.path.join(work, "deploy", "slt", "slt_0.8")
+        report = json.load(open(os.path.join(out, "ct2-float32.json")))
+        assert report["verify"]["identical"] == report["verify"]["compared"] and report["verify"]["sentences"] == 100
+        assert json.load(open(os.path.join(out, "compact.json")))["weight_sparsity"] == pytest.approx(0.8, abs=1e-3)
+        assert os.path.isfile(os.path.join(out, "ct2-float32", "model.bin"))
 
     # scores are cached beside each checkpoint: a rerun scores only what has no valid cache, and says what
     # is unfinished

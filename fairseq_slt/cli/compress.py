@@ -18,7 +18,7 @@ def add_arguments(parser):
                         "(fairseq-generate --user-dir fairseq_slt --path OUT reads it directly)")
     parser.add_argument("--values", choices=list(VALUE_DTYPES), default="fp32",
                         help="dtype of the kept values (fp32: bit-exact; fp16/bf16: rounded, about half the size)")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT (and the --json report) if they exist")
     parser.add_argument("--xz-baseline", action="store_true",
                         help="also report xz -9 of IN and of IN's weights as a plain dense checkpoint (slow)")
     parser.add_argument("--json", help="write the size report (totals and every tensor) as JSON here")
@@ -36,6 +36,8 @@ def main(args):
 
 def run(args) -> dict:
     refuse_overwrite(args.output, args.force)
+    if args.json:
+        refuse_overwrite(args.json, args.force)
     checkpoint = Checkpoint(args.input, "input checkpoint", state=_load_input(args.input))
     meta = inference_state(checkpoint.state)
     mask = checkpoint.mask()
