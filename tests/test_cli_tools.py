@@ -172,3 +172,19 @@ def test_help_states_each_default_once_and_no_empty_ones():
             assert option.count("default") <= 1, (name, option)
     results = " ".join(commands.choices["results"].format_help().split())
     assert "(default: test)" in results and "(default: 5)" in results
+
+
+def test_results_on_a_run_whose_run_json_is_broken_says_so_in_one_line(slt_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "runs" / "slt"
+    shutil.copytree(slt_run["dir"], run)
+    manifest = run / "run.json"
+    for content, fragment in (("{not json", "is not a readable JSON file (JSONDecodeError)"),
+                              ('{"command": []}', "has no run identity")):
+        manifest.write_text(content)
+        result = run_tool("fairseq-slt", "results", tmp_path / "runs", "--no-score", "--json", tmp_path / "r.json",
+                          check=False)
+        assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+            f"fairseq-slt results: error: {manifest} {fragment}: restore it, or move the run out of the folders given"]
+        assert not (tmp_path / "r.json").exists()

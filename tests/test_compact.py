@@ -162,3 +162,44 @@ def test_rounded_values_and_non_float_tensors_round_trip():
         assert back["tied"] is back["weight"]
     with pytest.raises(PruningError, match="--values must be one of"):
         compress(model, {}, "int8")
+
+
+def _edited_index(path, out, change):
+    """The compact file with its JSON index edited and its checksum recomputed (a crafted file)."""
+    from fairseq_slt.pruning.compact import _LZMA, _checksum
+    import lzma
+
+    state = load(path)
+    raw = state["blob"].numpy().tobytes()
+    index = json.loads(lzma.decompress(raw[:state["index"]], **_LZMA))
+    change(index)
+    coded = lzma.compress(json.dumps(index).encode(), **_LZMA)
+    blob = coded + raw[state["index"]:]
+    state.update(index=len(coded), blob=torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+    state["sha256"] = _checksum(state, blob)
+    torch.save(state, out)
+    return out
+
+
+def test_an_edited_index_is_checked_against_the_data_before_anything_is_allocated(data_bin, slt_run, tmp_path):
+    compact = str(tmp_path / "compact.pt")
+    run_tool("fairseq-slt", "compress", slt_run["best"], compact, "--quiet")
+
+    def first_packed(index):
+        return next(e for e in index if e["kind"] == "packed")
+
+    cases = {
+        "dtype naming a function": (lambda i: first_packed(i).update(dtype="load"), "has dtype 'load'"),
+        "a 2^20 x 2^20 shape": (lambda i: first_packed(i).update(shape=[2 ** 20, 2 ** 20]), "claims 1099511627776"),
+        "a range outside the data": (lambda i: first_packed(i).update(values=[0, 2 ** 40]), "points outside the data"),
+        "a wrong kept count": (lambda i: first_packed(i).update(nonzero=first_packed(i)["nonzero"] + 1), "marks"),
+    }
+    generate = ["fairseq-generate", data_bin, "--user-dir", "fairseq_slt", "--task", "translation_slt",
+                "--gen-subset", "test", "--cpu", "--path"]
+    for label, (change, fragment) in cases.items():
+        crafted = _edited_index(compact, str(tmp_path / "crafted.pt"), change)
+        out = str(tmp_path / "out.pt")
+        _one_error_line(run_tool("fairseq-slt", "decompress", crafted, out, check=False), fragment)
+        assert not os.path.exists(out), label
+        result = run_tool(*generate, crafted, check=False)
+        assert result.returncode != 0 and "Traceback" not in result.stderr and fragment in result.stderr, label

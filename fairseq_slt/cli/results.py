@@ -59,8 +59,15 @@ def find_runs(folders: List[str]) -> List[str]:
 def identity_of(run: str) -> dict:
     manifest = os.path.join(run, MANIFEST)
     if os.path.isfile(manifest):
-        with open(manifest) as handle:
-            return json.load(handle)
+        try:
+            with open(manifest) as handle:
+                recorded = json.load(handle)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PruningError(f"{manifest} is not a readable JSON file ({type(err).__name__}): "
+                               "restore it, or move the run out of the folders given") from None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("identity"), dict):
+            raise PruningError(f"{manifest} has no run identity: restore it, or move the run out of the folders given")
+        return recorded
     last = os.path.join(run, LAST)
     state = Checkpoint(last, "checkpoint", mmap=True).task_state if os.path.isfile(last) else {}
     return {"identity": state.get("identity") or state.get("fingerprint") or {"method": "none"}, "command": None}

@@ -158,7 +158,15 @@ def expand_with_mask(state: dict, source: str = "compact checkpoint") -> Tuple[D
     index, blob = blob[:state["index"]], memoryview(blob)[state["index"]:]
     model: Dict[str, torch.Tensor] = {}
     mask: Dict[str, torch.Tensor] = {}
-    for entry in json.loads(lzma.decompress(index, **_LZMA)):
+    try:
+        entries = json.loads(lzma.decompress(index, **_LZMA))
+        seen: set = set()
+        for entry in entries:
+            _check_entry(entry, len(blob), seen)
+            seen.add(entry["name"])
+    except (ValueError, TypeError, KeyError, lzma.LZMAError) as err:
+        raise PruningError(f"{source} has an index that does not describe its data ({err})") from None
+    for entry in entries:
         name = entry["name"]
         if entry["kind"] == "alias":
             model[name] = model[entry["of"]]
@@ -168,10 +176,60 @@ def expand_with_mask(state: dict, source: str = "compact checkpoint") -> Tuple[D
             stored = raw.view(getattr(torch, entry["stored"])).reshape(entry["shape"])
             model[name] = stored.to(getattr(torch, entry["dtype"]))
         else:
-            model[name], nonzero = _unpack(entry, blob)
+            try:
+                model[name], nonzero = _unpack(entry, blob)
+            except PruningError as err:
+                raise PruningError(f"{source}: {err}") from None
             if "mask" in entry:
                 mask[entry["mask"]] = nonzero
     return model, mask
+
+
+DTYPES = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"}
+MAX_WEIGHTS_PER_BYTE = 1 << 16  # a packed matrix claims at most this many weights per byte of its coded streams
+
+
+def _check_entry(entry, blob_length: int, earlier: set) -> None:
+    """An index entry checked against the blob before anything is allocated: known kinds and dtypes (a
+    name is never looked up in torch unchecked), a shape of non-negative ints, byte ranges inside the
+    blob, a dense tensor's exact size, and no packed matrix claiming more weights than its bytes can code."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ValueError("an entry without a name")
+    name, kind = entry["name"], entry.get("kind")
+    if kind == "alias":
+        if entry.get("of") not in earlier:
+            raise ValueError(f"{name} is an alias of no earlier tensor")
+        return
+    if kind not in ("dense", "packed"):
+        raise ValueError(f"{name} has kind {kind!r}")
+    if entry.get("dtype") not in DTYPES or entry.get("stored") not in DTYPES:
+        raise ValueError(f"{name} has dtype {entry.get('dtype')!r} stored as {entry.get('stored')!r}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
+        raise ValueError(f"{name} has shape {shape!r}")
+    numel = int(np.prod(shape)) if shape else 1
+    ranges = [entry.get(key) for key in (("data",) if kind == "dense" else ("bitmap", "values"))]
+    for span in ranges:
+        if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) and v >= 0 for v in span)
+                and span[0] + span[1] <= blob_length):
+            raise ValueError(f"{name} points outside the data")
+    itemsize = torch.empty(0, dtype=getattr(torch, entry["stored"])).element_size()
+    if kind == "dense" and ranges[0][1] != numel * itemsize:
+        raise ValueError(f"{name} claims {numel} values in {ranges[0][1]} bytes")
+    if kind == "packed":
+        count = entry.get("nonzero")
+        coded = ranges[0][1] + ranges[1][1]
+        if not isinstance(count, int) or not 0 <= count <= numel or numel > MAX_WEIGHTS_PER_BYTE * (coded + 64):
+            raise ValueError(f"{name} claims {numel} weights ({count} kept) in {coded} coded bytes")
+
+
+def _decompress_exactly(data, length: int, what: str) -> bytes:
+    """LZMA-decode a stream that must hold exactly ``length`` bytes (never more is produced)."""
+    decoder = lzma.LZMADecompressor(**_LZMA)
+    out = decoder.decompress(data, max_length=length + 1)
+    if len(out) != length:
+        raise PruningError(f"{what} decodes to {len(out)}{'+' if len(out) > length else ''} bytes, not {length}")
+    return out
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -185,9 +243,11 @@ def _unpack(entry: dict, blob) -> Tuple[torch.Tensor, torch.Tensor]:
     stored = getattr(torch, entry["stored"])
     itemsize = torch.empty(0, dtype=stored).element_size()
     (b_start, b_len), (v_start, v_len) = entry["bitmap"], entry["values"]
-    nonzero = np.unpackbits(np.frombuffer(lzma.decompress(blob[b_start:b_start + b_len], **_LZMA), np.uint8),
-                            count=numel).astype(bool)
-    planes = lzma.decompress(blob[v_start:v_start + v_len], **_LZMA)
+    packed = _decompress_exactly(blob[b_start:b_start + b_len], (numel + 7) // 8, f"the bitmap of {entry['name']}")
+    nonzero = np.unpackbits(np.frombuffer(packed, np.uint8), count=numel).astype(bool)
+    if int(nonzero.sum()) != count:
+        raise PruningError(f"the bitmap of {entry['name']} marks {int(nonzero.sum())} weights, the index {count}")
+    planes = _decompress_exactly(blob[v_start:v_start + v_len], count * itemsize, f"the values of {entry['name']}")
     kept = torch.from_numpy(_join_planes(planes, count, itemsize).copy()).view(stored).reshape(-1)
     tensor = torch.zeros(numel, dtype=getattr(torch, entry["dtype"]))
     bitmap = torch.from_numpy(nonzero)
