@@ -15,6 +15,11 @@ def test_t_is_the_first_checkpoint_whose_next_quarter_gains_less_than_the_thresh
     assert pick_t({1000: 25, 1500: 25.3, 2000: 25.6}) is None
     assert pick_t({4000: 30.0, 4500: 30.5, 5000: 30.6}) is None  # 4000's window ends at 5000: +0.6
     assert pick_t({4000: 30.0, 4500: 30.5, 5000: 30.6, 5500: 30.7, 6000: 30.7}) == 4500  # 4500 -> 6000: +0.2
+    # confirm=2: a flat window that the next checkpoint's window does not repeat is noise
+    noisy = {1500: 31.1, 2000: 33.5, 2500: 33.3, 3000: 34.5, 3500: 34.6, 4000: 34.7, 4500: 34.8, 5000: 34.8}
+    assert pick_t(noisy) == 2000 and pick_t(noisy, confirm=2) == 3000
+    assert pick_t({1000: 25, 1500: 25.1, 2000: 25.2}, confirm=2) == 1000  # 1000 and 1500 both flat
+    assert pick_t({1000: 25, 1500: 25.1}, confirm=2) is None  # 1500's window not reached yet
 
 
 def test_curve_scores_every_kept_checkpoint_and_reuses_results_cache(dense_run, data_bin, tmp_path):

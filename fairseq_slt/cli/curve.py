@@ -32,6 +32,8 @@ def add_arguments(parser):
                         help="folder of plain-text references named SUBSET.TGT (prepare's OUT/text)")
     parser.add_argument("--tgt", required=True, help="target language (the references' suffix)")
     parser.add_argument("--subsets", default="valid,test", help="subsets to score; the first picks T")
+    parser.add_argument("--confirm", type=int, default=1,
+                        help="the rule must also hold at the next N-1 checkpoints (1: the rule as stated)")
     parser.add_argument("--every", type=int, help="use only checkpoints at multiples of this many updates")
     parser.add_argument("--data", help="data-bin folder (default: the one the run was trained on)")
     parser.add_argument("--beam", type=int, default=5, help="fairseq-generate --beam")
@@ -44,16 +46,25 @@ def add_arguments(parser):
     parser.add_argument("--force", action="store_true", help="overwrite --json and --plot if they exist")
 
 
-def pick_t(bleu: Dict[int, float], min_gain: float = MIN_GAIN, window: float = WINDOW) -> Optional[int]:
-    """The first update t whose window (t, first checkpoint >= (1 + window)·t] exists and gains < min_gain."""
+def pick_t(bleu: Dict[int, float], min_gain: float = MIN_GAIN, window: float = WINDOW,
+           confirm: int = 1) -> Optional[int]:
+    """The first update t whose window (t, first checkpoint >= (1 + window)·t] exists and gains < min_gain,
+    and (``confirm`` > 1) so do the windows of the next confirm - 1 checkpoints."""
     updates = sorted(bleu)
-    for i, t in enumerate(updates):
-        later = updates[i + 1:]
+
+    def settled(i: int) -> Optional[bool]:
+        t, later = updates[i], updates[i + 1:]
         end = next((u for u in later if u >= (1 + window) * t), None)
         if end is None:
             return None  # the curve does not reach this checkpoint's window yet
-        if max(bleu[u] for u in later if u <= end) - bleu[t] < min_gain:
-            return t
+        return max(bleu[u] for u in later if u <= end) - bleu[t] < min_gain
+
+    for i in range(len(updates)):
+        verdicts = [settled(j) if j < len(updates) else None for j in range(i, i + confirm)]
+        if None in verdicts:
+            return None
+        if all(verdicts):
+            return updates[i]
     return None
 
 
@@ -98,8 +109,11 @@ def collect(args) -> dict:
                              for s in subsets},
              "valid_loss": _mean_or_none(_at(points, u)["valid_loss"] for points in curves.values())} for u in shared]
     first = subsets[0]
-    t = pick_t({p["update"]: p[first] for p in mean})
-    return {"runs": curves, "mean": mean, "subsets": subsets, "rule": RULE, "rule_subset": first, "T": t}
+    if args.confirm < 1:
+        raise PruningError(f"--confirm must be at least 1, got {args.confirm}")
+    t = pick_t({p["update"]: p[first] for p in mean}, confirm=args.confirm)
+    rule = RULE + (f"; and so at the next {args.confirm - 1} checkpoint(s)" if args.confirm > 1 else "")
+    return {"runs": curves, "mean": mean, "subsets": subsets, "rule": rule, "rule_subset": first, "T": t}
 
 
 def _at(points: List[dict], update: int) -> dict:
