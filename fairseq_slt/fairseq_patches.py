@@ -10,11 +10,11 @@
 """
 import os
 import shutil
-import tempfile
 
 from fairseq import file_io
 
 from . import compact_loading
+from .pruning.io import _atomic_write
 
 _fairseq_copy = None
 
@@ -32,17 +32,6 @@ def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
         return _fairseq_copy(src_path, dst_path, overwrite)
     if os.path.lexists(dst_path) and not overwrite:
         return False
-    folder = os.path.dirname(os.path.abspath(dst_path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(dst_path), dir=folder)
-    try:
-        with open(src_path, "rb") as source, os.fdopen(fd, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-            target.flush()
-            os.fsync(target.fileno())
-        shutil.copymode(src_path, tmp)
-        os.replace(tmp, dst_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with open(src_path, "rb") as source:  # the plugin's own atomic write: beside, flushed, renamed
+        _atomic_write(dst_path, lambda target: shutil.copyfileobj(source, target, 1 << 20))
     return True

@@ -153,8 +153,9 @@ def collect(args) -> dict:
                      "checkpoint": checkpoint_path, "train_command": manifests[run].get("command"),
                      "seed": identity.get("seed"), "updates": updates_of(run), "train_seconds": train_seconds(run),
                      **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args)})
+    spent = {row["run"]: (row["updates"], row["train_seconds"]) for row in rows}
     for row in rows:
-        row.update(cost(row["run"], identities))
+        row.update(cost(row["run"], identities, spent))
     return {"rows": rows, "unfinished": unfinished, **claims.judge(rows)}
 
 
@@ -171,12 +172,16 @@ def chain_of(run: str, identities: Dict[str, dict]) -> List[str]:
     return chain
 
 
-def cost(run: str, identities: Dict[str, dict]) -> dict:
+def cost(run: str, identities: Dict[str, dict], spent: Dict[str, tuple]) -> dict:
     """What the cell cost in all, the dense run and earlier levels included: updates and CPU hours
-    (fairseq's training wall time of each run: one thread a run in the recipes)."""
+    (fairseq's training wall time of each run: one thread a run in the recipes). ``spent``: run ->
+    (updates, seconds), filled in here for a run of the chain that is not a row."""
     chain = chain_of(run, identities)
-    seconds = [train_seconds(r) for r in chain]
-    return {"cost_runs": len(chain), "cost_updates": sum(updates_of(r) or 0 for r in chain),
+    for r in chain:
+        if r not in spent:
+            spent[r] = (updates_of(r), train_seconds(r))
+    seconds = [spent[r][1] for r in chain]
+    return {"cost_runs": len(chain), "cost_updates": sum(spent[r][0] or 0 for r in chain),
             "cost_hours": round(sum(s or 0 for s in seconds) / 3600, 3) if all(s is not None for s in seconds) else None}
 
 
