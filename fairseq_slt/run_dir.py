@@ -6,13 +6,17 @@ before anything is written. No fairseq import here.
 """
 import fcntl
 import json
+import logging
 import os
+import re
 import sys
 import time
 from typing import List, Optional
 
 from .checkpoints import Checkpoint
-from .pruning import PruningError, atomic_write_json
+from .pruning import PruningError, atomic_write_json, atomic_write_stream
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
 LAST = "checkpoint_last.pt"
@@ -83,11 +87,59 @@ def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
     recorded = recorded_identity(save_dir)
     if recorded is None:
         return False
+    if not differences(recorded, identity):
+        recover_last(save_dir, recorded)
     changed = differences(recorded, identity)
     if changed:
         raise PruningError(f"--save-dir {save_dir} belongs to another run ({'; '.join(changed)}): use another "
                            "--save-dir, or the options that run was started with")
     return True
+
+
+def recover_last(save_dir: str, identity: dict) -> Optional[str]:
+    """fairseq saves one checkpoint whole, then copies it to the others (``checkpoint_last.pt`` last). A save
+    stopped in between (a full disk, a kill) leaves ``checkpoint_last.pt`` older than that checkpoint, or
+    missing, and fairseq would resume from the older state or from scratch. The newest whole checkpoint of
+    this run (more updates, written later) becomes ``checkpoint_last.pt`` again; returns its path."""
+    last = os.path.join(save_dir, LAST)
+    newest_updates, newest_time = -1, 0.0
+    if os.path.isfile(last):
+        newest_updates = _updates(last)
+        newest_time = os.path.getmtime(last) if newest_updates >= 0 else 0.0  # torn: any whole one is newer
+    found = None
+    for path in _saved_checkpoints(save_dir):
+        if os.path.getmtime(path) <= newest_time:
+            continue
+        try:
+            checkpoint = Checkpoint(path, "checkpoint", mmap=True)
+        except PruningError:
+            continue  # not whole: not a state to resume
+        owner = checkpoint.task_state.get("identity") or {"method": "none"}
+        updates = checkpoint.num_updates
+        if updates is not None and updates > newest_updates and not differences(owner, identity):
+            found, newest_updates = path, updates
+    if found is not None:
+        with open(found, "rb") as source:
+            atomic_write_stream(source, last)
+        logger.info(f"{LAST} was older than {os.path.basename(found)} (a save that did not finish): resuming from "
+                    f"update {newest_updates}")
+    return found
+
+
+def _saved_checkpoints(save_dir: str) -> List[str]:
+    """checkpoint_best.pt, the newest interval checkpoint (checkpoint_E_U.pt) and the newest epoch one."""
+    names = os.listdir(save_dir)
+    interval = [(int(m.group(1)), n) for n in names if (m := re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", n))]
+    epoch = [(int(m.group(1)), n) for n in names if (m := re.fullmatch(r"checkpoint(\d+)\.pt", n))]
+    chosen = [n for n in ["checkpoint_best.pt"] if n in names] + [max(group)[1] for group in (interval, epoch) if group]
+    return [os.path.join(save_dir, name) for name in chosen]
+
+
+def _updates(path: str) -> int:
+    try:
+        return Checkpoint(path, "checkpoint", mmap=True).num_updates or 0
+    except PruningError:
+        return -1  # torn: any whole checkpoint is newer
 
 
 def write_manifest(save_dir: str, identity: dict) -> None:

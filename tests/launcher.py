@@ -5,7 +5,9 @@ server (``serve``) that imports ``fairseq_cli.train``/``generate``/``preprocess`
 ``run TOOL ARGS`` client hands it its argv, cwd, environment and stdin/stdout/stderr; the server
 forks, and the child runs the console script's own entry point (``cli_main``) with them, runs the
 atexit hooks as an interpreter exit would, and exits with the same status a real process would.
-A child whose client dies (killed) is killed too. Client side: standard library only.
+A child whose client dies (killed) is killed too. ``SLT_TEST_HOOK=FILE`` in a request's environment: the
+child runs FILE first (a fault to inject, as a sitecustomize would in a real process). Client side: standard
+library only.
 """
 import json
 import os
@@ -71,6 +73,9 @@ def _child(entry, request, fds) -> None:
     sys.argv = [request["tool"], *request["args"]]
     code = 0
     try:
+        if os.environ.get("SLT_TEST_HOOK"):
+            with open(os.environ["SLT_TEST_HOOK"]) as hook:
+                exec(compile(hook.read(), os.environ["SLT_TEST_HOOK"], "exec"), {"__name__": "slt_test_hook"})
         entry()
     except SystemExit as stop:  # as the interpreter reports an uncaught SystemExit
         if stop.code is None or isinstance(stop.code, int):

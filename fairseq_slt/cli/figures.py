@@ -1,5 +1,7 @@
 """matplotlib for the tools' plots: no display needed, figures written atomically."""
-import os
+import io
+
+from ..pruning import atomic_write_stream
 
 
 def pyplot():
@@ -12,7 +14,8 @@ def pyplot():
 
 
 def save(fig, target: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(target + ".part.png", dpi=120)
-    os.replace(target + ".part.png", target)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=120, format="png")
+    image.seek(0)
+    atomic_write_stream(image, target)

@@ -15,7 +15,7 @@ import time
 
 from .. import run_dir
 from ..checkpoints import Checkpoint, rewind_point_path
-from ..pruning import PruningError, atomic_write_json
+from ..pruning import PruningError, atomic_write_json, atomic_write_text
 from ..pruning.schedule import check_schedule
 from .stages import Stage, plan_stages
 
@@ -227,7 +227,7 @@ class Driver:
         atomic_write_json({"method": self.args.method, "rewind_source": self.args.rewind_source,
                            "combine": self.args.combine, "stages": [self.rows[s.name] for s in self.stages
                                                                      if s.name in self.rows]}, self.summary_path)
-        open(os.path.join(folder, ".done"), "w").close()
+        atomic_write_text("", os.path.join(folder, ".done"))
         return row
 
     def bleu(self, checkpoint: str):

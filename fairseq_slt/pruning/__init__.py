@@ -1,6 +1,6 @@
 """Pruning math and mask handling.  Nothing in this folder imports fairseq."""
 from .enforce import MaskEnforcer, prunable_parameters
-from .io import PruningError, allow_fairseq_globals, atomic_save, atomic_write_json, atomic_write_text, safe_load
+from .io import PruningError, allow_fairseq_globals, atomic_save, atomic_write_json, atomic_write_stream, atomic_write_text, safe_load
 from .magnitude import check_sparsity, magnitude_mask, masks_from_scores, pruned_count, random_mask
 from .mask import Mask
 

@@ -70,7 +70,30 @@ def _umask() -> int:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
+    _atomic_write(path, lambda handle: _torch_save(obj, handle))
+
+
+def _torch_save(obj: Any, handle) -> None:
+    """torch.save, but a failed write (a full disk) is raised as itself, not as torch's "unexpected pos"."""
+    failures = []
+
+    class Recorded:
+        def write(self, data):
+            try:
+                return handle.write(data)
+            except OSError as err:
+                failures.append(err)
+                raise
+
+        def flush(self):
+            handle.flush()
+
+    try:
+        torch.save(obj, Recorded())
+    except RuntimeError:
+        if failures:
+            raise failures[0] from None
+        raise
 
 
 def atomic_write_json(obj: Any, path: str) -> None:
@@ -79,3 +102,9 @@ def atomic_write_json(obj: Any, path: str) -> None:
 
 def atomic_write_text(text: str, path: str) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def atomic_write_stream(source, path: str) -> None:
+    """Copies an open binary stream (a download, another file) to ``path`` atomically."""
+    import shutil
+    _atomic_write(path, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
