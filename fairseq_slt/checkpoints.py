@@ -8,7 +8,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from .pruning import Mask, PruningError, atomic_save, safe_load
+from .pruning import Mask, UserError, atomic_save, safe_load
 from .pruning.compact import aliases, expand_with_mask, is_compact
 
 TASK_KEY = "TranslationSLTTask"  # fairseq files task state under the task's class name
@@ -24,12 +24,12 @@ class Checkpoint:
         if is_compact(state):  # fairseq-slt compress: expanded, with its mask
             state = from_compact(state, f"{what} {path} (compact)")
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-            raise PruningError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
+            raise UserError(f"{what} {path} is not a fairseq checkpoint (no model weights)")
         odd = next((name for name, value in state["model"].items() if not isinstance(value, torch.Tensor)), None)
         if odd is not None:
-            raise PruningError(f"{what} {path} is not a fairseq checkpoint (its model entry {odd!r} is not a tensor)")
+            raise UserError(f"{what} {path} is not a fairseq checkpoint (its model entry {odd!r} is not a tensor)")
         if not isinstance(state.get("extra_state") or {}, dict):
-            raise PruningError(f"{what} {path} is not a fairseq checkpoint (its extra_state is not a dict)")
+            raise UserError(f"{what} {path} is not a fairseq checkpoint (its extra_state is not a dict)")
         self.state = state
 
     @property
@@ -62,19 +62,19 @@ class Checkpoint:
         trained with other dictionaries (when both digests are known: equal sizes do not suffice)."""
         for name, tensor in model_state.items():
             if name not in self.model:
-                raise PruningError(
+                raise UserError(
                     f"{self.what} {self.path} does not match the model: it has no {name} (different architecture?)")
             theirs = tuple(self.model[name].shape)
             if theirs != tuple(tensor.shape):
-                raise PruningError(
+                raise UserError(
                     f"{self.what} {self.path} does not match the model: {name} has shape {theirs}, the model "
                     f"{tuple(tensor.shape)} (different architecture or vocabulary?)")
         extra = sorted(set(self.model) - set(model_state))
         if extra:
-            raise PruningError(
+            raise UserError(
                 f"{self.what} {self.path} does not match the model: unexpected {extra[0]} (different architecture?)")
         if dictionaries and self.dictionaries and self.dictionaries != dictionaries:
-            raise PruningError(f"{self.what} {self.path} was trained with other dictionaries than this run's data "
+            raise UserError(f"{self.what} {self.path} was trained with other dictionaries than this run's data "
                                "(same sizes, other entries): another vocabulary")
 
 

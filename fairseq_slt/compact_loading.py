@@ -10,8 +10,8 @@ from fairseq.dataclass.utils import overwrite_args_by_name
 from fairseq.file_io import PathManager
 from omegaconf import OmegaConf
 
-from .pruning import PruningError, safe_load
-from .checkpoints import from_compact
+from .pruning.io import UserError, safe_load, user_exit
+from .checkpoints import Checkpoint, from_compact
 from .pruning.compact import is_compact
 
 _fairseq_load = None
@@ -29,13 +29,16 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
     try:
         try:
             state = safe_load(local, "checkpoint", mmap=True)  # cheap: tensors stay on disk until used
-        except PruningError:
+        except UserError:
             state = safe_load(local, "checkpoint")  # files in torch's legacy (non-zip) format cannot be mapped
         if not is_compact(state):
+            Checkpoint(path, "checkpoint", state=state)  # its model is a dict of tensors, its extra_state a dict
+            if not isinstance(state.get("cfg"), dict) and state.get("args") is None:
+                raise UserError(f"checkpoint {path} is not a fairseq checkpoint (it records no configuration)")
             return _fairseq_load(path, arg_overrides, load_on_all_ranks)
         state = from_compact(state, f"compact checkpoint {path}")
-    except PruningError as err:
-        raise SystemExit(f"fairseq-slt: error: {err}") from None
+    except UserError as err:
+        raise user_exit(err) from None
     # what fairseq's load_checkpoint_to_cpu does after torch.load
     if state.get("args") is not None and arg_overrides is not None:
         for name, value in arg_overrides.items():

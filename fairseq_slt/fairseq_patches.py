@@ -10,20 +10,30 @@
 - ``checkpoint_utils.torch_persistent_save``: fairseq writes ``NAME.tmp`` (through a link planted there),
   does not flush it to disk, and on a failure retries twice, 2.5 s apart. The plugin's atomic save
   replaces it: a temporary file of its own beside ``NAME``, flushed, renamed; removed on any failure.
+- ``distributed.utils.call_main``: with several processes and no GPU, fairseq spawns min(GPUs, world size)
+  = 0 processes and exits 0 having trained nothing (or fails an assertion when it has no init method).
+  Refused in one line: on CPU, each rank is its own process (--distributed-no-spawn; ``fairseq-slt launch``).
+- ``checkpoint_utils.load_model_ensemble_and_task``: a --path that is missing or not a file ends in an
+  IOError traceback (fairseq-generate, -interactive): one line instead.
 """
+import inspect
 import os
 
+import torch
 from fairseq import checkpoint_utils, file_io
+from fairseq.distributed import utils as distributed_utils
 
 from . import compact_loading
-from .pruning.io import atomic_save, atomic_write_stream
+from .pruning.io import atomic_save, atomic_write_stream, user_exit
 
 _fairseq_copy = None
 _fairseq_save = None
+_fairseq_call_main = None
+_fairseq_load_ensemble = None
 
 
 def install() -> None:
-    global _fairseq_copy, _fairseq_save
+    global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble
     compact_loading.install()
     if _fairseq_copy is None:
         _fairseq_copy = file_io.PathManager.copy
@@ -31,6 +41,39 @@ def install() -> None:
     if _fairseq_save is None:
         _fairseq_save = checkpoint_utils.torch_persistent_save
         checkpoint_utils.torch_persistent_save = atomic_persistent_save
+    if _fairseq_call_main is None:
+        _fairseq_call_main = distributed_utils.call_main
+        distributed_utils.call_main = checked_call_main
+    if _fairseq_load_ensemble is None:
+        _fairseq_load_ensemble = checkpoint_utils.load_model_ensemble_and_task
+        checkpoint_utils.load_model_ensemble_and_task = checked_load_ensemble
+
+
+def checked_load_ensemble(filenames, *args, **kwargs):
+    given = inspect.signature(_fairseq_load_ensemble).bind(filenames, *args, **kwargs).arguments
+    plain = not given.get("suffix") and int(given.get("num_shards") or 1) == 1 and given.get("state") is None
+    for filename in filenames if plain else []:  # sharded names are fairseq's to resolve
+        if not _remote(filename) and not os.path.isfile(filename):
+            what = "is not a file" if os.path.exists(filename) else "not found"
+            raise user_exit(f"--path checkpoint {filename} {what}" if what != "not found"
+                            else f"--path checkpoint not found: {filename}")
+    return _fairseq_load_ensemble(filenames, *args, **kwargs)
+
+
+def checked_call_main(cfg, main, **kwargs):
+    setting = cfg.distributed_training
+    if int(setting.distributed_world_size or 1) > 1 and torch.cuda.device_count() == 0:
+        if setting.distributed_init_method is None:
+            try:  # what fairseq does first: torchrun's or Slurm's variables make each process one rank
+                distributed_utils.infer_init_method(setting)
+            except AssertionError:
+                pass
+        if not setting.distributed_no_spawn:
+            raise user_exit(f"--distributed-world-size {setting.distributed_world_size} without a GPU: fairseq "
+                            "would start no process and train nothing; run one process per rank with "
+                            f"--distributed-no-spawn (fairseq-slt launch --nproc {setting.distributed_world_size} "
+                            "--master 127.0.0.1:PORT -- ... does)")
+    return _fairseq_call_main(cfg, main, **kwargs)
 
 
 def atomic_persistent_save(obj, filename: str, async_write: bool = False) -> None:

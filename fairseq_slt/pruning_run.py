@@ -12,7 +12,7 @@ import torch
 from . import run_dir
 from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
 from .master_weights import master_copies, sync_master_weights
-from .pruning import Mask, MaskEnforcer, PruningError, magnitude_mask, prunable_parameters, random_mask
+from .pruning import Mask, MaskEnforcer, UserError, magnitude_mask, prunable_parameters, random_mask
 from .pruning.reinit import constant_weights
 from .pruning.schedule import cubic_sparsity, is_pruning_step
 from .ranks import all_ranks, weights_checksum
@@ -82,12 +82,12 @@ class PruningRun:
     def _resume(self, checkpoint: Checkpoint) -> None:
         mask = checkpoint.mask()
         if self.method != "none" and mask is None:
-            raise PruningError(f"{checkpoint.path} holds no mask, but this is a {self.method} run")
+            raise UserError(f"{checkpoint.path} holds no mask, but this is a {self.method} run")
         if mask is not None:
             try:
                 self.enforcer.set_mask(mask)
-            except PruningError as err:
-                raise PruningError(f"the mask in {checkpoint.path} does not fit the model: {err}") from None
+            except UserError as err:
+                raise UserError(f"the mask in {checkpoint.path} does not fit the model: {err}") from None
         schedule = checkpoint.task_state.get("schedule") or {}
         self.initial_sparsity = float(schedule.get("initial_sparsity", self.initial_sparsity))
         logger.info(f"resuming from {checkpoint.path}" + (f" with its stored mask (sparsity {mask.sparsity():.4f}); "
@@ -100,7 +100,7 @@ class PruningRun:
         checkpoint.check_matches(model_state, self.dictionaries)
         broken = next((name for name in self.params if not bool(torch.isfinite(checkpoint.model[name]).all())), None)
         if broken is not None:  # a magnitude mask of NaN weights is arbitrary; a run from them learns nothing
-            raise PruningError(f"{option} checkpoint {path} holds NaN or infinite weights in {broken}")
+            raise UserError(f"{option} checkpoint {path} holds NaN or infinite weights in {broken}")
         return checkpoint
 
     def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> None:
@@ -108,6 +108,10 @@ class PruningRun:
         source = self._load(cfg.prune_mask_from, "--prune-mask-from", model_state)
         rewind = self._load(cfg.prune_rewind_from, "--prune-rewind-from", model_state)
         if rewind is not None:
+            if rewind.num_updates is None:
+                raise UserError(f"--prune-rewind-from checkpoint {rewind.path} records no update number (its optimizer "
+                                "history is empty): theta_0 and theta_k cannot be told apart; use a checkpoint "
+                                "fairseq-train saved (--save-rewind-points)")
             self._check_rewind_update(rewind.num_updates)
         previous = source.mask() if source is not None else None
         if previous is not None:
@@ -116,7 +120,7 @@ class PruningRun:
         if self.method == "mp":  # the starting mask: s_0, at least the source mask's sparsity
             sparsity = max(cfg.prune_initial_sparsity, previous.sparsity() if previous is not None else 0.0)
             if sparsity > cfg.prune_sparsity:
-                raise PruningError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
+                raise UserError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
                                    f"{cfg.prune_sparsity}")
             self.initial_sparsity = sparsity
         if source is None and rewind is None:  # mp from the weights the run starts with, known only at start()
@@ -135,10 +139,10 @@ class PruningRun:
                     f"weights from {'a fresh init' if cfg.prune_reinit else rewind.path if rewind else 'the model init'}")
 
     def _check_rewind_update(self, update: Optional[int]) -> None:
-        if self.method == "lt" and update not in (None, 0):
-            raise PruningError(f"--prune-method lt rewinds to update 0, but --prune-rewind-from is from update {update}")
+        if self.method == "lt" and update != 0:
+            raise UserError(f"--prune-method lt rewinds to update 0, but --prune-rewind-from is from update {update}")
         if self.method in ("slt", "clt") and update == 0:
-            raise PruningError(f"--prune-method {self.method} rewinds to update k > 0; "
+            raise UserError(f"--prune-method {self.method} rewinds to update k > 0; "
                                "a checkpoint from update 0 is --prune-method lt")
 
     # training hooks
@@ -210,7 +214,7 @@ class PruningRun:
         for what in mine:
             values = [theirs[what] for theirs in everyone]
             if len(set(values)) > 1:
-                raise PruningError(f"the {what} differs between ranks at {when}: " +
+                raise UserError(f"the {what} differs between ranks at {when}: " +
                                    ", ".join(f"rank {r} {v}" for r, v in enumerate(values)))
         if self.is_master:
             sparsity = f" (sparsity {self.mask.sparsity():.4f})" if self.mask is not None else ""

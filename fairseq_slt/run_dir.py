@@ -14,7 +14,7 @@ import time
 from typing import List, Optional
 
 from .checkpoints import Checkpoint
-from .pruning import PruningError, atomic_write_json, atomic_write_stream
+from .pruning import UserError, atomic_write_json, atomic_write_stream
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def lock(folder: str, what: str = "save dir") -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise PruningError(f"{what} {folder} is in use by another live run; wait for it to end or use another "
+        raise UserError(f"{what} {folder} is in use by another live run; wait for it to end or use another "
                            f"{what}") from None
     _held[path] = fd
 
@@ -60,7 +60,7 @@ def recorded_identity(save_dir: str) -> Optional[dict]:
             with open(manifest) as handle:
                 return json.load(handle)["identity"]
         except (OSError, ValueError, KeyError, TypeError):
-            raise PruningError(f"{manifest} is unreadable; it records which run owns {save_dir}") from None
+            raise UserError(f"{manifest} is unreadable; it records which run owns {save_dir}") from None
     last = os.path.join(save_dir, LAST)
     if os.path.isfile(last):
         state = Checkpoint(last, "checkpoint", mmap=True).task_state
@@ -91,7 +91,7 @@ def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
         recover_last(save_dir, recorded)
     changed = differences(recorded, identity)
     if changed:
-        raise PruningError(f"--save-dir {save_dir} belongs to another run ({'; '.join(changed)}): use another "
+        raise UserError(f"--save-dir {save_dir} belongs to another run ({'; '.join(changed)}): use another "
                            "--save-dir, or the options that run was started with")
     return True
 
@@ -112,7 +112,7 @@ def recover_last(save_dir: str, identity: dict) -> Optional[str]:
             continue
         try:
             checkpoint = Checkpoint(path, "checkpoint", mmap=True)
-        except PruningError:
+        except UserError:
             continue  # not whole: not a state to resume
         owner = checkpoint.task_state.get("identity") or {"method": "none"}
         updates = checkpoint.num_updates
@@ -138,7 +138,7 @@ def _saved_checkpoints(save_dir: str) -> List[str]:
 def _updates(path: str) -> int:
     try:
         return Checkpoint(path, "checkpoint", mmap=True).num_updates or 0
-    except PruningError:
+    except UserError:
         return -1  # torn: any whole checkpoint is newer
 
 

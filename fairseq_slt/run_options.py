@@ -5,7 +5,7 @@ No fairseq import: the task passes its config in.
 import os
 from typing import List, Optional
 
-from .pruning import PruningError, check_sparsity
+from .pruning import UserError, check_sparsity
 from .pruning.magnitude import SCOPES
 from .pruning.schedule import check_schedule
 
@@ -22,37 +22,37 @@ def parse_rewind_points(text: Optional[str]) -> List[int]:
     try:
         points = sorted({int(p) for p in str(text).split(",") if p.strip()})
     except ValueError:
-        raise PruningError(f"--save-rewind-points must be comma-separated update numbers, got {text!r}") from None
+        raise UserError(f"--save-rewind-points must be comma-separated update numbers, got {text!r}") from None
     if points and points[0] < 0:
-        raise PruningError(f"--save-rewind-points must not be negative, got {text!r}")
+        raise UserError(f"--save-rewind-points must not be negative, got {text!r}")
     return points
 
 
 def validate_options(cfg, check_files: bool = True) -> None:
-    """Checks that need no model: one PruningError before anything is built or written (``check_files``:
+    """Checks that need no model: one UserError before anything is built or written (``check_files``:
     that the checkpoints named exist; off for a plan of commands whose inputs come later)."""
     if cfg.prune_method not in METHODS:
-        raise PruningError(f"--prune-method must be one of {', '.join(METHODS)}, got {cfg.prune_method!r}")
+        raise UserError(f"--prune-method must be one of {', '.join(METHODS)}, got {cfg.prune_method!r}")
     points = parse_rewind_points(cfg.save_rewind_points)
     max_update = int(cfg.max_update or 0)
     if points and max_update > 0 and points[-1] > max_update:
-        raise PruningError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
+        raise UserError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
     if cfg.prune_scope not in SCOPES:
-        raise PruningError(f"--prune-scope must be one of {', '.join(SCOPES)}, got {cfg.prune_scope!r}")
+        raise UserError(f"--prune-scope must be one of {', '.join(SCOPES)}, got {cfg.prune_scope!r}")
     if cfg.cpu and int(cfg.distributed_world_size or 1) > 1 and cfg.ddp_backend not in CPU_DDP_BACKENDS:
-        raise PruningError(f"--ddp-backend {cfg.ddp_backend} does not run on CPU with several processes; "
+        raise UserError(f"--ddp-backend {cfg.ddp_backend} does not run on CPU with several processes; "
                            f"use {' or '.join(CPU_DDP_BACKENDS)}")
     for control, methods in CONTROLS.items():
         if getattr(cfg, control) and cfg.prune_method not in methods:
-            raise PruningError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(methods)}")
+            raise UserError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(methods)}")
     restore = getattr(cfg, "restore_file", None)
     if check_files and restore and restore != "checkpoint_last.pt" and not os.path.isfile(restore):
-        raise PruningError(f"--restore-file not found: {restore} (fairseq would start from scratch)")
+        raise UserError(f"--restore-file not found: {restore} (fairseq would start from scratch)")
     if cfg.prune_method == "none":
         given = [option for option, value in (("--prune-sparsity", cfg.prune_sparsity), ("--prune-mask-from",
                  cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)) if value]
         if given:
-            raise PruningError(f"{given[0]} has no effect with --prune-method none (a dense run): "
+            raise UserError(f"{given[0]} has no effect with --prune-method none (a dense run): "
                                "choose a method (lt, slt, clt, mp) or drop it")
         return
     check_sparsity(cfg.prune_sparsity, "--prune-sparsity")
@@ -60,13 +60,13 @@ def validate_options(cfg, check_files: bool = True) -> None:
         check_schedule(cfg.prune_initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
                        cfg.prune_frequency)
         if max_update > 0 and cfg.prune_end > max_update:
-            raise PruningError(f"--prune-end {cfg.prune_end} is beyond the run's --max-update {max_update}: the run "
+            raise UserError(f"--prune-end {cfg.prune_end} is beyond the run's --max-update {max_update}: the run "
                                f"would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
     for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
         if not path and cfg.prune_method in FROM_CHECKPOINT:
-            raise PruningError(f"--prune-method {cfg.prune_method} needs {option}")
+            raise UserError(f"--prune-method {cfg.prune_method} needs {option}")
         if check_files and path and not os.path.isfile(path):
-            raise PruningError(f"{option} checkpoint not found: {path}")
+            raise UserError(f"{option} checkpoint not found: {path}")
 
 
 def run_identity(cfg, dictionaries: Optional[str]) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import load, run_tool, train
-from fairseq_slt.pruning import Mask, PruningError, atomic_save
+from fairseq_slt.pruning import Mask, UserError, atomic_save
 from fairseq_slt.pruning.compact import aliases, compress, expand
 
 
@@ -160,7 +160,7 @@ def test_rounded_values_and_non_float_tensors_round_trip():
         assert torch.equal(back["weight"], weight.to(dtype).float()) and back["weight"].dtype == torch.float32
         assert torch.equal(back["bias"], model["bias"].to(dtype).float()) and torch.equal(back["version"], model["version"])
         assert back["tied"] is back["weight"]
-    with pytest.raises(PruningError, match="--values must be one of"):
+    with pytest.raises(UserError, match="--values must be one of"):
         compress(model, {}, "int8")
 
 

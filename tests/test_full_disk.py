@@ -1,7 +1,6 @@
 """A full disk while anything is written: every writer leaves the old file or the new one, whole, and no
 temporary file; a planted link is replaced, never written through; a run that hit a full disk resumes from
 its last whole state and ends where an uninterrupted run ends."""
-import errno
 import io
 import os
 import re

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from fairseq_slt.pruning import Mask, MaskEnforcer, PruningError, magnitude_mask, safe_load
+from fairseq_slt.pruning import Mask, MaskEnforcer, UserError, magnitude_mask, safe_load
 
 
 def test_mask_roundtrip_report_and_packed_bits(tmp_path):
@@ -50,24 +50,24 @@ def test_a_flipped_byte_in_a_mask_file_is_detected(tmp_path):
     assert at > 0  # the packed bits lie uncompressed in torch's zip container
     content[at + 100] ^= 0x10
     path.write_bytes(bytes(content))
-    with pytest.raises(PruningError, match=f"mask file {path} is corrupt: its checksum does not match"):
+    with pytest.raises(UserError, match=f"mask file {path} is corrupt: its checksum does not match"):
         Mask.load(str(path))
 
 
 def test_corrupt_and_foreign_mask_files_give_one_error_and_change_nothing(tmp_path):
     path = tmp_path / "mask.pt"
     path.write_bytes(b"not a torch file at all")
-    with pytest.raises(PruningError, match="cannot read mask file"):
+    with pytest.raises(UserError, match="cannot read mask file"):
         Mask.load(str(path))
     state = Mask({"a": torch.ones(10, dtype=torch.bool)}).state_dict()
     state["masks"]["a"]["bits"] = state["masks"]["a"]["bits"][:1]  # truncated
     torch.save(state, path)
-    with pytest.raises(PruningError, match="corrupt"):
+    with pytest.raises(UserError, match="corrupt"):
         Mask.load(str(path))
     torch.save({"model": {}}, path)
-    with pytest.raises(PruningError, match="not a fairseq-slt mask"):
+    with pytest.raises(UserError, match="not a fairseq-slt mask"):
         Mask.load(str(path))
-    with pytest.raises(PruningError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         Mask.load(str(tmp_path / "missing.pt"))
 
 
@@ -79,11 +79,11 @@ class Evil:
 def test_safe_load_refuses_pickled_globals(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.ones(1)}, "extra": Evil()}, path)
-    with pytest.raises(PruningError, match="refusing to load checkpoint .*pickled global posix.system"):
+    with pytest.raises(UserError, match="refusing to load checkpoint .*pickled global posix.system"):
         safe_load(str(path))
     with open(path, "wb") as handle:
         pickle.dump({"model": {}}, handle)  # a plain pickle is not a torch file either
-    with pytest.raises(PruningError, match="cannot read checkpoint .*not a readable torch file"):
+    with pytest.raises(UserError, match="cannot read checkpoint .*not a readable torch file"):
         safe_load(str(path))
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fairseq_slt.pruning import Mask, PruningError, magnitude_mask, prunable_parameters, pruned_count, random_mask
+from fairseq_slt.pruning import Mask, UserError, magnitude_mask, prunable_parameters, pruned_count, random_mask
 from fairseq_slt.pruning.select import keep_all_but_smallest, magnitude_bits
 
 
@@ -74,9 +74,9 @@ def test_matches_sorting_reference_on_random_weights_with_ties():
 
 def test_bad_sparsity_and_scope():
     for bad in (1.0, -0.1, 1.5, float("nan")):
-        with pytest.raises(PruningError, match=r"\[0, 1\)"):
+        with pytest.raises(UserError, match=r"\[0, 1\)"):
             magnitude_mask({"w": t([1.0])}, bad)
-    with pytest.raises(PruningError, match="scope"):
+    with pytest.raises(UserError, match="scope"):
         magnitude_mask({"w": t([1.0])}, 0.5, scope="row")
 
 
@@ -87,7 +87,7 @@ def test_tied_embeddings_are_one_prunable_parameter():
     chosen = prunable_parameters(model.named_parameters())
     assert list(chosen) == ["enc.weight"]  # bias (dim 1) never; the tied weight once
     assert list(prunable_parameters(model.named_parameters(), r"^enc")) == ["enc.weight"]
-    with pytest.raises(PruningError, match="no prunable"):
+    with pytest.raises(UserError, match="no prunable"):
         prunable_parameters(model.named_parameters(), "nothing")
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fairseq_slt.pruning import Mask, PruningError, magnitude_mask
+from fairseq_slt.pruning import Mask, UserError, magnitude_mask
 from fairseq_slt.pruning.reinit import clt_magnitude, constant_weights
 from fairseq_slt.pruning.schedule import check_schedule, cubic_sparsity, is_pruning_step
 
@@ -37,7 +37,7 @@ def test_pruning_steps_every_f_updates_and_at_the_end():
     ((0.0, 1.0, 0, 100, 10), r"\[0, 1\)"),
 ])
 def test_bad_schedules(args, message):
-    with pytest.raises(PruningError, match=message):
+    with pytest.raises(UserError, match=message):
         check_schedule(*args)
 
 

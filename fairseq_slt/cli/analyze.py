@@ -1,14 +1,13 @@
 """``fairseq-slt analyze``: sparsity per layer, overlap of masks, sign agreement with a rewind point."""
 import itertools
 import os
-import sys
 from typing import Dict
 
 import torch
 
 from ..checkpoints import Checkpoint, unique_tensors
 from . import figures
-from ..pruning import Mask, PruningError, atomic_write_json, safe_load
+from ..pruning import Mask, UserError, atomic_write_json, safe_load
 from ..pruning.mask import MASK_FORMAT
 
 
@@ -71,7 +70,7 @@ def report(paths, signs) -> dict:
     first = masks[paths[0]]
     for path, mask in masks.items():
         if list(mask) != list(first) or any(mask[n].shape != first[n].shape for n in first):
-            raise PruningError(f"{path} covers other weight matrices than {paths[0]} (different models?)")
+            raise UserError(f"{path} covers other weight matrices than {paths[0]} (different models?)")
     return {
         "inputs": {p: {"sparsity": m.sparsity(), "layers": m.layer_sparsity()} for p, m in masks.items()},
         "overlap": [{"first": a, "second": b, **overlap(masks[a], masks[b])} for a, b in itertools.combinations(paths, 2)],
@@ -125,13 +124,10 @@ def plot(result: dict, paths, target: str) -> None:
 
 
 def main(args):
-    try:
-        result = report(args.inputs, args.signs)
-        print_table(result, args.inputs)
-        if args.json:
-            atomic_write_json(result, args.json)
-        if args.plot:
-            plot(result, args.inputs, args.plot)
-    except PruningError as err:
-        sys.exit(f"fairseq-slt analyze: error: {err}")
+    result = report(args.inputs, args.signs)
+    print_table(result, args.inputs)
+    if args.json:
+        atomic_write_json(result, args.json)
+    if args.plot:
+        plot(result, args.inputs, args.plot)
     return 0

@@ -2,12 +2,11 @@
 import io
 import lzma
 import os
-import sys
 
 import torch
 
 from ..checkpoints import Checkpoint, inference_state
-from ..pruning import PruningError, atomic_save, atomic_write_json, safe_load
+from ..pruning import UserError, atomic_save, atomic_write_json, safe_load
 from ..pruning.compact import VALUE_DTYPES, compress, is_compact, matrix_sparsity
 from ..pruning.io import refuse_overwrite
 
@@ -26,11 +25,7 @@ def add_arguments(parser):
 
 
 def main(args):
-    try:
-        report = run(args)
-    except PruningError as err:
-        sys.exit(f"fairseq-slt compress: error: {err}")
-    print_report(report, args.quiet)
+    print_report(run(args), args.quiet)
     return 0
 
 
@@ -63,7 +58,7 @@ def run(args) -> dict:
 def _load_input(path: str):
     state = safe_load(path, "input checkpoint")
     if is_compact(state):
-        raise PruningError(f"{path} is a compact checkpoint already (fairseq-slt decompress restores it)")
+        raise UserError(f"{path} is a compact checkpoint already (fairseq-slt decompress restores it)")
     return state
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Dict, List, Optional
 
 from ..checkpoints import Checkpoint
-from ..pruning import PruningError, atomic_write_json
+from ..pruning import UserError, atomic_write_json
 from ..pruning.io import refuse_overwrite
 from . import figures
 from .scoring import score
@@ -70,14 +70,14 @@ def pick_t(bleu: Dict[int, float], min_gain: float = MIN_GAIN, window: float = W
 
 def interval_checkpoints(run: str, every: Optional[int]) -> Dict[int, str]:
     if not os.path.isdir(run):
-        raise PruningError(f"no such run dir: {run}")
+        raise UserError(f"no such run dir: {run}")
     found = {}
     for name in os.listdir(run):
         match = INTERVAL.match(name)
         if match and (not every or int(match.group(1)) % every == 0):
             found[int(match.group(1))] = os.path.join(run, name)
     if not found:
-        raise PruningError(f"{run} holds no interval checkpoints (checkpoint_E_U.pt): train with "
+        raise UserError(f"{run} holds no interval checkpoints (checkpoint_E_U.pt): train with "
                            "--save-interval-updates N --keep-interval-updates -1")
     return dict(sorted(found.items()))
 
@@ -90,7 +90,7 @@ def collect(args) -> dict:
     for subset in subsets:
         path = os.path.join(args.references_dir, f"{subset}.{args.tgt}")
         if not os.path.isfile(path):
-            raise PruningError(f"--references-dir has no {subset}.{args.tgt}")
+            raise UserError(f"--references-dir has no {subset}.{args.tgt}")
     found = {run: interval_checkpoints(run, args.every) for run in args.runs}  # every run checked before scoring
     curves = {}
     for run, checkpoints in found.items():
@@ -110,7 +110,7 @@ def collect(args) -> dict:
              "valid_loss": _mean_or_none(_at(points, u)["valid_loss"] for points in curves.values())} for u in shared]
     first = subsets[0]
     if args.confirm < 1:
-        raise PruningError(f"--confirm must be at least 1, got {args.confirm}")
+        raise UserError(f"--confirm must be at least 1, got {args.confirm}")
     t = pick_t({p["update"]: p[first] for p in mean}, confirm=args.confirm)
     rule = RULE + (f"; and so at the next {args.confirm - 1} checkpoint(s)" if args.confirm > 1 else "")
     return {"runs": curves, "mean": mean, "subsets": subsets, "rule": rule, "rule_subset": first, "T": t}
@@ -161,13 +161,10 @@ def plot(result: dict, target: str) -> None:
 
 
 def main(args):
-    try:
-        result = collect(args)
-        print(markdown(result), end="")
-        if args.json:
-            atomic_write_json(result, args.json)
-        if args.plot:
-            plot(result, args.plot)
-    except PruningError as err:
-        sys.exit(f"fairseq-slt curve: error: {err}")
+    result = collect(args)
+    print(markdown(result), end="")
+    if args.json:
+        atomic_write_json(result, args.json)
+    if args.plot:
+        plot(result, args.plot)
     return 0

@@ -1,10 +1,9 @@
 """``fairseq-slt decompress``: a compact checkpoint -> a standard fairseq checkpoint (no optimizer state;
 the mask, if it was pruned by the plugin, restored from the masked matrices' bitmaps)."""
 import os
-import sys
 
 from ..checkpoints import from_compact
-from ..pruning import PruningError, atomic_save, safe_load
+from ..pruning import atomic_save, safe_load
 from ..pruning.io import refuse_overwrite
 
 
@@ -16,11 +15,8 @@ def add_arguments(parser):
 
 
 def main(args):
-    try:
-        refuse_overwrite(args.output, args.force)
-        state = safe_load(args.input, "compact checkpoint")
-        atomic_save(from_compact(state, f"compact checkpoint {args.input}"), args.output)
-    except PruningError as err:
-        sys.exit(f"fairseq-slt decompress: error: {err}")
+    refuse_overwrite(args.output, args.force)
+    state = safe_load(args.input, "compact checkpoint")
+    atomic_save(from_compact(state, f"compact checkpoint {args.input}"), args.output)
     print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes)")
     return 0

@@ -16,15 +16,11 @@ import tempfile
 import time
 
 from ..checkpoints import Checkpoint
-from ..pruning import PruningError, allow_fairseq_globals, atomic_save, atomic_write_json
+from ..pruning import Failure, UserError, allow_fairseq_globals, atomic_save, atomic_write_json
 from .scoring import generate, score_texts
 
 MAX_LENGTH = 200  # fairseq-generate's default --max-len-b, with --max-len-a 0
 QUANTIZATIONS = ["int8", "int8_float32", "int16", "float16", "float32"]
-
-
-class UsageError(PruningError):
-    """A refusal that is the user's to fix (exit status 2)."""
 
 
 def add_arguments(parser):
@@ -51,15 +47,7 @@ def add_arguments(parser):
 
 
 def main(args):
-    try:
-        report = run(args)
-    except UsageError as err:
-        print(f"fairseq-slt export-ct2: error: {err}", file=sys.stderr)
-        return 2
-    except PruningError as err:
-        print(f"fairseq-slt export-ct2: error: {err}", file=sys.stderr)
-        return 1
-    print(summary(report))
+    print(summary(run(args)))
     return 0
 
 
@@ -67,15 +55,15 @@ def run(args) -> dict:
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # the verification's dataset loading is not news
     ctranslate2 = _import_ctranslate2()
     if os.path.lexists(args.output) and not args.force:
-        raise UsageError(f"{args.output} exists; pass --force to replace it")
+        raise UserError(f"{args.output} exists; pass --force to replace it")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise UsageError(f"{args.output} exists and is not a folder")
+        raise UserError(f"{args.output} exists and is not a folder")
     if args.json and os.path.lexists(args.json) and not args.force:
-        raise UsageError(f"{args.json} exists; pass --force to overwrite it")
+        raise UserError(f"{args.json} exists; pass --force to overwrite it")
     checkpoint = Checkpoint(args.checkpoint, "checkpoint")
     model_args = (checkpoint.state.get("cfg") or {}).get("model") or checkpoint.state.get("args")
     if not isinstance(model_args, argparse.Namespace):
-        raise UsageError(f"{args.checkpoint} has no model configuration (cfg.model) that CTranslate2's converter reads")
+        raise UserError(f"{args.checkpoint} has no model configuration (cfg.model) that CTranslate2's converter reads")
     model_args = argparse.Namespace(**vars(model_args))
     model_args.task = "translation"  # the plugin's task only adds pruning to training
     task_cfg = (checkpoint.state.get("cfg") or {}).get("task") or {}
@@ -84,14 +72,15 @@ def run(args) -> dict:
             setattr(model_args, key, task_cfg.get(key))
     model_args.data = args.data or model_args.data
     if not model_args.data or not os.path.isdir(model_args.data):
-        raise UsageError(f"data-bin folder not found: {model_args.data} (pass --data, the one the model was trained on)")
+        raise UserError(f"data-bin folder not found: {model_args.data} (pass --data, the one the model was trained on)")
     if model_args.source_lang is None or model_args.target_lang is None:  # as fairseq infers them
         from fairseq.data import data_utils
 
         model_args.source_lang, model_args.target_lang = data_utils.infer_language_pair(model_args.data.split(":")[0])
     for lang in (model_args.source_lang, model_args.target_lang):
         if not os.path.isfile(os.path.join(model_args.data or "", f"dict.{lang}.txt")):
-            raise UsageError(f"no dict.{lang}.txt in {model_args.data}: pass --data, the data-bin the model was trained on")
+            raise UserError(f"no dict.{lang}.txt in {model_args.data}: pass --data, the data-bin the model was trained on")
+    _check_vocabulary(checkpoint, model_args)
     _check_supported(model_args)
     parent = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(parent, exist_ok=True)
@@ -119,7 +108,7 @@ def _import_ctranslate2():
     try:
         import ctranslate2
     except ImportError:
-        raise UsageError("ctranslate2 is not installed: pip install 'fairseq-slt[ct2]' (or pip install ctranslate2)") from None
+        raise UserError("ctranslate2 is not installed: pip install 'fairseq-slt[ct2]' (or pip install ctranslate2)") from None
     return ctranslate2
 
 
@@ -130,12 +119,12 @@ def _check_supported(model_args) -> None:
     import fairseq.models  # noqa: F401  (fills the architecture registry the check reads)
 
     if model_args.arch not in fairseq.models.ARCH_MODEL_NAME_REGISTRY:
-        raise UsageError(f"architecture {model_args.arch} is not a fairseq architecture CTranslate2 can convert")
+        raise UserError(f"architecture {model_args.arch} is not a fairseq architecture CTranslate2 can convert")
     try:
         converter._get_model_spec(model_args)
     except (ValueError, AttributeError) as err:
         reasons = " ".join(line.strip("- ").strip() for line in str(err).splitlines() if line.strip("- ").strip())
-        raise UsageError(f"CTranslate2 cannot convert this model: {reasons}") from None
+        raise UserError(f"CTranslate2 cannot convert this model: {reasons}") from None
 
 
 def _convert(plain: str, data: str, output: str, quantization: str) -> None:
@@ -145,7 +134,20 @@ def _convert(plain: str, data: str, output: str, quantization: str) -> None:
     try:
         FairseqConverter(plain, data).convert(output, quantization=quantization)
     except Exception as err:
-        raise PruningError(f"CTranslate2's converter failed: {type(err).__name__}: {err}") from None
+        raise Failure(f"CTranslate2's converter failed: {type(err).__name__}: {err}") from None
+
+
+def _check_vocabulary(checkpoint, model_args) -> None:
+    """The embeddings must have one row per entry of the data's dictionaries (fairseq's converter would fail)."""
+    from fairseq.data import Dictionary
+
+    for side, lang in (("encoder", model_args.source_lang), ("decoder", model_args.target_lang)):
+        path = os.path.join(model_args.data, f"dict.{lang}.txt")
+        entries = len(Dictionary.load(path))
+        rows = checkpoint.model.get(f"{side}.embed_tokens.weight")
+        if rows is not None and rows.shape[0] != entries:
+            raise UserError(f"{checkpoint.path} has {rows.shape[0]} {side} embeddings, but {path} has {entries} "
+                            "entries: another vocabulary (pass --data, the data-bin the model was trained on)")
 
 
 def verify(ctranslate2, args, converted: str, model_args) -> dict:
@@ -182,10 +184,10 @@ def verify(ctranslate2, args, converted: str, model_args) -> dict:
               "ct2_seconds": round(ct2_seconds, 1)}
     drop = fairseq_score["bleu"] - ct2_score["bleu"]
     if drop > args.max_bleu_drop:
-        raise PruningError(f"the converted model scores {ct2_score['bleu']:.2f} BLEU on {args.subset}, "
+        raise Failure(f"the converted model scores {ct2_score['bleu']:.2f} BLEU on {args.subset}, "
                            f"{drop:.2f} below fairseq's {fairseq_score['bleu']:.2f} (--max-bleu-drop {args.max_bleu_drop})")
     if args.quantization == "float32" and identical < len(first):
-        raise PruningError(f"float32 conversion: {len(first) - identical} of the first {len(first)} {args.subset} "
+        raise Failure(f"float32 conversion: {len(first) - identical} of the first {len(first)} {args.subset} "
                            "hypotheses differ from fairseq-generate's")
     return report
 

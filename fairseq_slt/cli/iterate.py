@@ -15,7 +15,7 @@ import time
 
 from .. import run_dir
 from ..checkpoints import Checkpoint, rewind_point_path
-from ..pruning import PruningError, atomic_write_json, atomic_write_text
+from ..pruning import UserError, atomic_write_json, atomic_write_text
 from ..pruning.schedule import check_schedule
 from .stages import Stage, plan_stages
 
@@ -59,11 +59,11 @@ def parse_levels(text: str):
     try:
         levels = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise PruningError(f"--levels must be comma-separated sparsities, got {text!r}") from None
+        raise UserError(f"--levels must be comma-separated sparsities, got {text!r}") from None
     if not levels or any(not 0.0 < v < 1.0 for v in levels):
-        raise PruningError(f"--levels must be sparsities in (0, 1), got {text!r}")
+        raise UserError(f"--levels must be sparsities in (0, 1), got {text!r}")
     if any(b <= a for a, b in zip(levels, levels[1:])):
-        raise PruningError(f"--levels must be strictly increasing, got {text!r}")
+        raise UserError(f"--levels must be strictly increasing, got {text!r}")
     return levels
 
 
@@ -80,38 +80,45 @@ def option_value(args, option: str):
 
 def validate(args, levels):
     if not args.train_args or args.train_args[0].startswith("-"):
-        raise PruningError("give the data folder and fairseq-train options after --")
+        raise UserError("give the data folder and fairseq-train options after --")
+    data = args.train_args[0]
+    if not os.path.isdir(data) or not any(n.startswith("dict.") for n in os.listdir(data)):
+        raise UserError(f"the data folder (the first argument after --) {data} "
+                        f"{'holds no fairseq dictionaries (dict.*.txt)' if os.path.isdir(data) else 'is not a folder'}")
+    if os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
+        raise UserError(f"--work-dir {args.work_dir} exists and is not a folder")
     max_update = option_value(args.train_args, "--max-update")
     try:
         max_update = int(max_update) if max_update is not None else 0
     except ValueError:
-        raise PruningError(f"--max-update must be a number of updates, got {max_update!r}") from None
+        raise UserError(f"--max-update must be a number of updates, got {max_update!r}") from None
     if max_update > 0:
         for option, update in (("--rewind-k", args.rewind_k), ("--mp-end", args.mp_end)):
             if update > max_update:
-                raise PruningError(f"{option} {update} is beyond --max-update {max_update}: every run stops before "
+                raise UserError(f"{option} {update} is beyond --max-update {max_update}: every run stops before "
                                    "update " + str(update))
     for arg in args.train_args:
         if arg.startswith(RESERVED):
-            raise PruningError(f"{arg} is set by the driver for every level; leave it out")
+            raise UserError(f"{arg} is set by the driver for every level; leave it out")
     for option in ("train_command", "generate_command"):
         if not shlex.split(getattr(args, option)):
-            raise PruningError(f"--{option.replace('_', '-')} is empty")
+            raise UserError(f"--{option.replace('_', '-')} is empty")
     if args.method != "lt" and args.rewind_k <= 0:
-        raise PruningError(f"--method {args.method} needs --rewind-k > 0 (about 5 % of a run's updates)")
+        raise UserError(f"--method {args.method} needs --rewind-k > 0 (about 5 % of a run's updates)")
     if args.combine != "none":
         if args.intermediate is None:
-            raise PruningError(f"--combine {args.combine} needs --intermediate")
+            raise UserError(f"--combine {args.combine} needs --intermediate")
         if args.method != "slt":
-            raise PruningError(f"--combine {args.combine} combines MP with --method slt")
-        check_schedule(args.intermediate, levels[-1], args.mp_start, args.mp_end, args.mp_frequency)
+            raise UserError(f"--combine {args.combine} combines MP with --method slt")
         if args.intermediate >= levels[-1]:
-            raise PruningError(f"--intermediate {args.intermediate} must be below the last level {levels[-1]}")
+            raise UserError(f"--intermediate {args.intermediate} must be below the last level {levels[-1]}")
+        check_schedule(args.intermediate, levels[-1], args.mp_start, args.mp_end, args.mp_frequency,
+                       ("--intermediate", "the last of --levels", "--mp-start", "--mp-end", "--mp-frequency"))
     if args.dense_dir:
         for update in sorted({0, args.rewind_k}):
             for path in (os.path.join(args.dense_dir, "checkpoint_best.pt"), rewind_point_path(args.dense_dir, update)):
                 if not os.path.isfile(path):
-                    raise PruningError(f"--dense-dir lacks {path}")
+                    raise UserError(f"--dense-dir lacks {path}")
 
 
 class Driver:
@@ -191,7 +198,7 @@ class Driver:
                 before, after = _options(made_with), _options(now)
                 changed = [f"{k} {before.get(k, '(unset)')} there, {after.get(k, '(unset)')} here"
                            for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
-                raise PruningError(f"stage {stage.name} in {self.args.work_dir} was made with other settings "
+                raise UserError(f"stage {stage.name} in {self.args.work_dir} was made with other settings "
                                    f"({'; '.join(changed) or 'argument order'}): use another --work-dir")
 
     def train(self, stage: Stage, command) -> None:
@@ -204,9 +211,9 @@ class Driver:
             code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_dies_with(os.getpid()),
                                    env=dict(os.environ, PYTHONWARNINGS="ignore"))
         if code != 0:
-            raise PruningError(f"stage {stage.name} failed (exit {code}); see {os.path.join(folder, 'train.log')}")
+            raise UserError(f"stage {stage.name} failed (exit {code}); see {os.path.join(folder, 'train.log')}")
         if not os.path.isfile(os.path.join(folder, "checkpoint_best.pt")):
-            raise PruningError(f"stage {stage.name} wrote no checkpoint_best.pt; see its train.log")
+            raise UserError(f"stage {stage.name} wrote no checkpoint_best.pt; see its train.log")
 
     def record(self, stage: Stage, seconds: float) -> dict:
         folder = self.dir(stage.name)
@@ -216,7 +223,7 @@ class Driver:
         if mask is not None and previous is not None and previous.method != "none":
             before = Checkpoint(os.path.join(self.dir(previous.name), "checkpoint_best.pt")).mask()
             if before is not None and not mask.within(before):
-                raise PruningError(f"stage {stage.name}: its mask unprunes weights of {previous.name}'s mask")
+                raise UserError(f"stage {stage.name}: its mask unprunes weights of {previous.name}'s mask")
         row = {"name": stage.name, "method": stage.method, "target_sparsity": stage.sparsity,
                "sparsity": mask.sparsity() if mask is not None else 0.0,
                "best_valid_loss": best.state.get("extra_state", {}).get("best"),
@@ -271,15 +278,12 @@ def _minutes(seconds: float) -> str:
 
 
 def main(args):
-    try:
-        levels = parse_levels(args.levels)
-        validate(args, levels)
-        stages = plan_stages(args, levels)
-        if not args.dry_run:
-            os.makedirs(args.work_dir, exist_ok=True)
-            run_dir.lock(args.work_dir, "work dir")
-        driver = Driver(args, stages)
-        driver.check_settings()
-        return driver.run()
-    except PruningError as err:
-        sys.exit(f"fairseq-slt iterate: error: {err}")
+    levels = parse_levels(args.levels)
+    validate(args, levels)
+    stages = plan_stages(args, levels)
+    if not args.dry_run:
+        os.makedirs(args.work_dir, exist_ok=True)
+        run_dir.lock(args.work_dir, "work dir")
+    driver = Driver(args, stages)
+    driver.check_settings()
+    return driver.run()

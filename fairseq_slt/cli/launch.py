@@ -13,7 +13,8 @@ import subprocess
 import sys
 import time
 
-from ..pruning import PruningError
+from ..pruning import Failure, UserError
+from ..run_options import CPU_DDP_BACKENDS
 from .iterate import _dies_with
 
 RANK_OPTIONS = ("--distributed-world-size", "--distributed-rank", "--distributed-init-method", "--device-id",
@@ -36,16 +37,20 @@ def add_arguments(parser):
 
 def commands(args):
     if args.nproc < 1 or args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
-        raise PruningError("--nproc and --nnodes must be >= 1 and --node-rank in 0 .. nnodes-1")
+        raise UserError("--nproc and --nnodes must be >= 1 and --node-rank in 0 .. nnodes-1")
     host, _, port = args.master.rpartition(":")
     if not host or not port.isdigit():
-        raise PruningError(f"--master must be ADDR:PORT, got {args.master!r}")
+        raise UserError(f"--master must be ADDR:PORT, got {args.master!r}")
     if not args.train_args:
-        raise PruningError("give the data folder and fairseq-train options after --")
+        raise UserError("give the data folder and fairseq-train options after --")
     for arg in args.train_args:
         if arg.split("=")[0] in RANK_OPTIONS:
-            raise PruningError(f"{arg.split('=')[0]} is set by the launcher for every rank; leave it out")
+            raise UserError(f"{arg.split('=')[0]} is set by the launcher for every rank; leave it out")
     cpu = "--cpu" in args.train_args
+    ddp = _option_value(args.train_args, "--ddp-backend") or "pytorch_ddp"  # fairseq's default
+    if cpu and args.nproc * args.nnodes > 1 and ddp not in CPU_DDP_BACKENDS:  # else every rank says so
+        raise UserError(f"--ddp-backend {ddp} does not run on CPU with several processes; add --ddp-backend "
+                        f"{' or '.join(CPU_DDP_BACKENDS)} to the fairseq-train options")
     backend = args.backend if args.backend != "auto" else ("gloo" if cpu else "nccl")
     world = args.nproc * args.nnodes
     result = []
@@ -58,11 +63,17 @@ def commands(args):
     return result
 
 
+def _option_value(train_args, option):
+    for i, arg in enumerate(train_args):
+        if arg == option and i + 1 < len(train_args):
+            return train_args[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(args):
-    try:
-        planned = commands(args)
-    except PruningError as err:
-        sys.exit(f"fairseq-slt launch: error: {err}")
+    planned = commands(args)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     processes = [subprocess.Popen(command, env=env, preexec_fn=_dies_with(os.getpid())) for command in planned]
@@ -86,5 +97,5 @@ def main(args):
                 process.wait()
     code = code or next((p.returncode for p in processes if p.returncode), 0)
     if code:
-        sys.exit(f"fairseq-slt launch: a rank failed (exit {code}); the other ranks were stopped")
+        raise Failure(f"a rank failed (exit {code}); the other ranks were stopped")
     return 0

@@ -46,6 +46,15 @@ def _link_user_dir() -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, as every other refusal of the package (status 2, as argparse's)."""
+
+    def error(self, message):
+        from ..pruning.io import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one and the help does not state it already."""
 
@@ -57,7 +66,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairseq-slt", description=__doc__)
+    parser = _Parser(prog="fairseq-slt", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text,
@@ -75,11 +84,25 @@ def main(argv=None):
     if args.command == "link-user-dir":
         return _link_user_dir()
     module = importlib.import_module(f"fairseq_slt.cli.{SUBCOMMANDS[args.command][0]}")
+    from ..pruning.io import Failure, UserError
+
     try:
         return module.main(args) or 0
     except BrokenPipeError:  # output piped into head & co: stop quietly, as other Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except UserError as err:  # the user's to fix
+        return _error(args.command, err, 2)
+    except (Failure, OSError) as err:  # a tool it ran, its own check, the disk
+        return _error(args.command, err, 1)
+
+
+def _error(command: str, err: Exception, status: int) -> int:
+    text = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.strerror}: {err.filename}"
+    from ..pruning.io import one_line
+
+    print(f"fairseq-slt {command}: error: {one_line(text)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -4,17 +4,24 @@ By default it prepares Multi30k task 1 (``<split>.<lang>.gz`` in --raw-dir, fetc
 missing). With --train/--valid/--test it takes any corpus: file prefixes whose files are PREFIX.LANG or
 PREFIX.LANG.gz. Writes OUT/text/ (the plain text of each split), OUT/spm.model and OUT/spm.vocab,
 OUT/spm/ (the encoded text), OUT/data-bin/ (fairseq binaries, joined dictionary) and, when it fetches,
-OUT/download/. Every stage skips itself when its output exists, so an interrupted preparation resumes.
+OUT/download/, and OUT/prepare.json (the options and the text's digests). Everything is read and checked
+before the first write; an --out that holds another preparation (other text or options) or anything else
+is refused. Every stage skips itself when its output exists, so an interrupted preparation resumes.
 """
 import gzip
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import urllib.request
 
+from ..pruning import Failure, UserError, atomic_write_json, atomic_write_stream, atomic_write_text
+
 UPSTREAM = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K = {"train": "train", "valid": "val", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
+MANIFEST = "prepare.json"  # what OUT holds: the options and a digest of each text file
 
 
 def add_arguments(parser):
@@ -39,8 +46,12 @@ def add_arguments(parser):
 
 def _read_lines(path):
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line in handle]
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
+        raise UserError(f"{path} is not UTF-8 text{' in gzip' if path.endswith('.gz') else ''} "
+                        f"({type(err).__name__})") from None
 
 
 def _fetch(raw_dir, name, download_dir):
@@ -48,84 +59,162 @@ def _fetch(raw_dir, name, download_dir):
         if os.path.isfile(candidate):
             return candidate
     target = os.path.join(download_dir, name)
-    os.makedirs(download_dir, exist_ok=True)
     print(f"downloading {UPSTREAM}/{name}", flush=True)
-    with urllib.request.urlopen(f"{UPSTREAM}/{name}", timeout=60) as response, open(target + ".part", "wb") as out:
-        shutil.copyfileobj(response, out)
-    os.replace(target + ".part", target)
+    try:
+        with urllib.request.urlopen(f"{UPSTREAM}/{name}", timeout=60) as response:
+            atomic_write_stream(response, target)
+    except OSError as err:
+        raise Failure(f"{name} is not in --raw-dir {raw_dir} and downloading it failed ({err})") from None
     return target
 
 
-def _own_file(prefix, lang):
+def _own_file(prefix, lang, option):
     for path in (f"{prefix}.{lang}", f"{prefix}.{lang}.gz"):
         if os.path.isfile(path):
             return path
-    raise OSError(f"no {prefix}.{lang} or {prefix}.{lang}.gz")
+    raise UserError(f"{option}: no {prefix}.{lang} or {prefix}.{lang}.gz")
+
+
+def check_options(args):
+    for option, value, least in (("--vocab-size", args.vocab_size, 1), ("--workers", args.workers, 1),
+                                 ("--spm-sample", args.spm_sample, 0), ("--train-lines", args.train_lines, 0),
+                                 ("--eval-lines", args.eval_lines, 0)):
+        if value < least:
+            raise UserError(f"{option} must be at least {least}, got {value}")
+    if args.src == args.tgt or not args.src or not args.tgt or "/" in args.src + args.tgt:
+        raise UserError(f"--src and --tgt must be two different language suffixes, got {args.src!r} and {args.tgt!r}")
 
 
 def splits(args):
     """split -> lang -> list of source files (the text of each split, concatenated)."""
-    own = [args.train, args.valid, args.test]
-    if any(own):
-        if not all(own):
-            raise OSError("give --train, --valid and --test together (or none of them, for Multi30k)")
-        names = {"train": args.train.split(","), "valid": [args.valid]}
-        names.update({f"test{i or ''}": [prefix] for i, prefix in enumerate(args.test.split(","))})
-        return {split: {lang: [_own_file(p, lang) for p in prefixes] for lang in (args.src, args.tgt)}
-                for split, prefixes in names.items()}
+    own = {"--train": args.train, "--valid": args.valid, "--test": args.test}
+    if any(own.values()):
+        missing = [option for option, value in own.items() if not value]
+        if missing:
+            raise UserError(f"give --train, --valid and --test together (or none of them, for Multi30k): "
+                            f"{', '.join(missing)} missing")
+        names = {"train": ("--train", args.train.split(",")), "valid": ("--valid", [args.valid])}
+        names.update({f"test{i or ''}": ("--test", [prefix]) for i, prefix in enumerate(args.test.split(","))})
+        return {split: {lang: [_own_file(p, lang, option) for p in prefixes] for lang in (args.src, args.tgt)}
+                for split, (option, prefixes) in names.items()}
     download = os.path.join(args.out, "download")
     return {split: {lang: [_fetch(args.raw_dir, f"{name}.{lang}.gz", download)] for lang in (args.src, args.tgt)}
             for split, name in MULTI30K.items()}
 
 
-def _write(path, lines):
-    with open(path + ".part", "w", encoding="utf-8") as handle:
-        handle.writelines(line + "\n" for line in lines)
-    os.replace(path + ".part", path)
+def read_texts(args, sources):
+    """split -> lang -> lines, as they will be written; every check on the text happens here."""
+    texts = {}
+    for split, files in sources.items():
+        limit = args.train_lines if split == "train" else args.eval_lines
+        texts[split] = {}
+        for lang, paths in files.items():
+            lines = [line for path in paths for line in _read_lines(path)]
+            texts[split][lang] = lines[:limit] if limit else lines
+            if not texts[split][lang]:
+                raise UserError(f"{split}: {', '.join(paths)} holds no lines")
+        lengths = {lang: len(lines) for lang, lines in texts[split].items()}
+        if len(set(lengths.values())) > 1:
+            raise UserError(f"{split}: the two sides have different numbers of lines {lengths}")
+    characters = {c for lang in (args.src, args.tgt) for line in texts["train"][lang] for c in line if c != " "}
+    if args.vocab_size <= len(characters):  # SentencePiece keeps every character, and <unk>
+        raise UserError(f"--vocab-size {args.vocab_size} is too small: the training text has {len(characters)} "
+                        f"distinct characters, and SentencePiece keeps each of them and <unk> (use at least "
+                        f"{len(characters) + 1})")
+    return texts
+
+
+def plan_of(args, texts) -> dict:
+    """What this preparation writes, as recorded in OUT/prepare.json and compared with a rerun's."""
+    digest = lambda lines: hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]  # noqa: E731
+    return {"format": "fairseq-slt-prepare", "version": 1, "src": args.src, "tgt": args.tgt,
+            "vocab_size": args.vocab_size, "spm_sample": args.spm_sample,
+            "text": {f"{split}.{lang}": digest(lines) for split, sides in texts.items() for lang, lines in sides.items()}}
+
+
+def check_out(out, plan=None):
+    """An --out that holds something else is refused (before the text is read: ``plan`` None; after: with
+    the plan, a preparation of other text or options)."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise UserError(f"--out {out} exists and is not a folder")
+    entries = set(os.listdir(out)) - {"download"}
+    if not entries:
+        return
+    manifest = os.path.join(out, MANIFEST)
+    if not os.path.isfile(manifest) and "text" not in entries:
+        raise UserError(f"--out {out} is not empty and holds no preparation: use a new or empty folder")
+    if plan is None:
+        return
+    if os.path.isfile(manifest):
+        try:
+            with open(manifest) as handle:
+                recorded = json.load(handle)
+        except (OSError, ValueError):
+            raise UserError(f"{manifest} is unreadable: it records what --out {out} holds") from None
+    else:  # prepared before prepare.json existed: its text tells
+        recorded = dict(plan, text={name: _digest_file(os.path.join(out, "text", name)) for name in plan["text"]})
+    changed = [key for key in ("src", "tgt", "vocab_size", "spm_sample") if recorded.get(key) != plan[key]]
+    changed += [f"text/{name}" for name, digest in plan["text"].items() if (recorded.get("text") or {}).get(name) != digest]
+    changed += [f"text/{name}" for name in (recorded.get("text") or {}) if name not in plan["text"]]
+    if changed:
+        raise UserError(f"--out {out} holds another preparation ({', '.join(changed[:4])} differ"
+                        f"{' and more' if len(changed) > 4 else ''}): use another --out")
+
+
+def _digest_file(path):
+    return hashlib.sha256("\n".join(_read_lines(path)).encode()).hexdigest()[:16] if os.path.isfile(path) else None
 
 
 def prepare(args):
     import sentencepiece as spm
 
-    text_dir, spm_dir = os.path.join(args.out, "text"), os.path.join(args.out, "spm")
-    os.makedirs(text_dir, exist_ok=True)
-    os.makedirs(spm_dir, exist_ok=True)
+    check_options(args)
+    check_out(args.out)
     sources = splits(args)
-    for split, files in sources.items():
-        limit = args.train_lines if split == "train" else args.eval_lines
-        lengths = {}
-        for lang, paths in files.items():
+    texts = read_texts(args, sources)
+    plan = plan_of(args, texts)
+    check_out(args.out, plan)
+    # every check done: from here on, writes (each stage skips itself when its output exists)
+    text_dir, spm_dir = os.path.join(args.out, "text"), os.path.join(args.out, "spm")
+    if not os.path.isfile(os.path.join(args.out, MANIFEST)):
+        atomic_write_json(plan, os.path.join(args.out, MANIFEST))
+    for split, sides in texts.items():
+        for lang, lines in sides.items():
             target = os.path.join(text_dir, f"{split}.{lang}")
             if not os.path.exists(target):
-                lines = [line for path in paths for line in _read_lines(path)]
-                _write(target, lines[:limit] if limit else lines)
-            with open(target, encoding="utf-8") as handle:
-                lengths[lang] = sum(1 for _ in handle)
-        if len(set(lengths.values())) > 1:
-            raise OSError(f"{split}: the two sides have different numbers of lines {lengths}")
+                atomic_write_text("".join(line + "\n" for line in lines), target)
 
     model_prefix = os.path.join(args.out, "spm")
     if not os.path.exists(model_prefix + ".model"):
         options = {}
         if args.spm_sample:
             options = {"input_sentence_size": args.spm_sample, "shuffle_input_sentence": True}
-        spm.SentencePieceTrainer.train(
-            input=",".join(os.path.join(text_dir, f"train.{lang}") for lang in (args.src, args.tgt)),
-            model_prefix=model_prefix, vocab_size=args.vocab_size, character_coverage=1.0,
-            model_type="unigram", num_threads=args.workers, minloglevel=2,
-            bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, hard_vocab_limit=False, **options)
+        os.makedirs(spm_dir, exist_ok=True)
+        partial = os.path.join(spm_dir, ".training")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=",".join(os.path.join(text_dir, f"train.{lang}") for lang in (args.src, args.tgt)),
+                model_prefix=partial, vocab_size=args.vocab_size, character_coverage=1.0,
+                model_type="unigram", num_threads=args.workers, minloglevel=2,
+                bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, hard_vocab_limit=False, **options)
+        except RuntimeError as err:
+            raise Failure(f"SentencePiece could not train a model: {str(err).strip().splitlines()[-1]}") from None
+        os.replace(partial + ".vocab", model_prefix + ".vocab")
+        os.replace(partial + ".model", model_prefix + ".model")
     processor = spm.SentencePieceProcessor(model_file=model_prefix + ".model")
-    for split in sources:
-        for lang in (args.src, args.tgt):
+    for split, sides in texts.items():
+        for lang, lines in sides.items():
             target = os.path.join(spm_dir, f"{split}.{lang}")
             if not os.path.exists(target):
-                pieces = processor.encode(_read_lines(os.path.join(text_dir, f"{split}.{lang}")), out_type=str)
-                _write(target, [" ".join(p) for p in pieces])
+                pieces = processor.encode(lines, out_type=str)
+                atomic_write_text("".join(" ".join(p) + "\n" for p in pieces), target)
 
     dest = os.path.join(args.out, "data-bin")
     if not os.path.exists(os.path.join(dest, "preprocess.log")):
         prefix = lambda split: os.path.join(spm_dir, split)  # noqa: E731
-        tests = [split for split in sources if split.startswith("test")]
+        tests = [split for split in texts if split.startswith("test")]
         tool = shutil.which("fairseq-preprocess")  # else this Python's (a virtualenv not on PATH)
         command = [
             *([tool] if tool else [sys.executable, "-m", "fairseq_cli.preprocess"]),
@@ -136,14 +225,11 @@ def prepare(args):
         shutil.rmtree(dest + ".part", ignore_errors=True)
         result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if result.returncode != 0:
-            raise OSError(f"fairseq-preprocess failed: {result.stderr.strip().splitlines()[-1:]}")
+            raise Failure(f"fairseq-preprocess failed: {(result.stderr.strip().splitlines() or ['no message'])[-1]}")
         os.replace(dest + ".part", dest)
     print(dest)
     return dest
 
 
 def main(args):
-    try:
-        prepare(args)
-    except OSError as err:
-        sys.exit(f"fairseq-slt prepare: error: {err}")
+    prepare(args)

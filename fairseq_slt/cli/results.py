@@ -14,7 +14,7 @@ from ..checkpoints import Checkpoint, unique_tensors
 from . import claims, report
 from .report import CONTROLS
 from .scoring import score
-from ..pruning import PruningError, atomic_write_json, atomic_write_text
+from ..pruning import UserError, atomic_write_json, atomic_write_text
 from ..pruning.io import refuse_overwrite
 from ..run_dir import LAST, MANIFEST
 
@@ -44,7 +44,7 @@ def find_runs(folders: List[str]) -> List[str]:
     runs = []
     for folder in folders:
         if not os.path.isdir(folder):
-            raise PruningError(f"no such folder: {folder}")
+            raise UserError(f"no such folder: {folder}")
         for root, dirs, files in os.walk(folder):
             depth = os.path.relpath(root, folder).count(os.sep) + (root != folder)
             if MANIFEST in files or LAST in files:
@@ -63,10 +63,10 @@ def identity_of(run: str) -> dict:
             with open(manifest) as handle:
                 recorded = json.load(handle)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise PruningError(f"{manifest} is not a readable JSON file ({type(err).__name__}): "
+            raise UserError(f"{manifest} is not a readable JSON file ({type(err).__name__}): "
                                "restore it, or move the run out of the folders given") from None
         if not isinstance(recorded, dict) or not isinstance(recorded.get("identity"), dict):
-            raise PruningError(f"{manifest} has no run identity: restore it, or move the run out of the folders given")
+            raise UserError(f"{manifest} has no run identity: restore it, or move the run out of the folders given")
         return recorded
     last = os.path.join(run, LAST)
     state = Checkpoint(last, "checkpoint", mmap=True).task_state if os.path.isfile(last) else {}
@@ -132,7 +132,7 @@ def train_seconds(run: str) -> Optional[float]:
 def collect(args) -> dict:
     runs = find_runs(args.folders)
     if not runs:
-        raise PruningError(f"no runs (folders with {MANIFEST} or {LAST}) under {', '.join(args.folders)}")
+        raise UserError(f"no runs (folders with {MANIFEST} or {LAST}) under {', '.join(args.folders)}")
     manifests = {run: identity_of(run) for run in runs}
     identities = {run: m["identity"] for run, m in manifests.items()}
     rows, unfinished = [], []
@@ -191,19 +191,16 @@ def updates_of(run: str) -> Optional[int]:
 
 
 def main(args):
-    try:
-        for output in (args.table, args.plot, args.json):
-            if output:
-                refuse_overwrite(output, args.force)
-        result = collect(args)
-        table = report.markdown(result, args.chrf)
-        print(table, end="")
-        if args.table:
-            atomic_write_text(table, args.table)
-        if args.json:
-            atomic_write_json(result, args.json)
-        if args.plot:
-            report.plot(result, args.plot)
-    except PruningError as err:
-        sys.exit(f"fairseq-slt results: error: {err}")
+    for output in (args.table, args.plot, args.json):
+        if output:
+            refuse_overwrite(output, args.force)
+    result = collect(args)
+    table = report.markdown(result, args.chrf)
+    print(table, end="")
+    if args.table:
+        atomic_write_text(table, args.table)
+    if args.json:
+        atomic_write_json(result, args.json)
+    if args.plot:
+        report.plot(result, args.plot)
     return 0

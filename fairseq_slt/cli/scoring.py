@@ -9,7 +9,7 @@ import sys
 from typing import Dict, List, NamedTuple, Optional
 
 from ..checkpoints import Checkpoint
-from ..pruning import PruningError, atomic_write_json
+from ..pruning import Failure, UserError, atomic_write_json
 
 SCORES = "scores.json"
 
@@ -62,7 +62,7 @@ def generate(checkpoint_path: str, args) -> Generated:
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise PruningError(f"fairseq-generate failed on {checkpoint_path}: {last}")
+        raise Failure(f"fairseq-generate failed on {checkpoint_path}: {last}")
     hyps, refs, lengths = {}, {}, {}
     for line in result.stdout.splitlines():
         tag, _, rest = line.partition("\t")
@@ -76,7 +76,7 @@ def generate(checkpoint_path: str, args) -> Generated:
         with open(args.references, encoding="utf-8") as handle:
             refs = dict(enumerate(line.rstrip("\n") for line in handle))
         if hyps and max(hyps) >= len(refs):
-            raise PruningError(f"--references has {len(refs)} lines, fewer than the {args.subset} subset's sentences")
+            raise UserError(f"--references has {len(refs)} lines, fewer than the {args.subset} subset's sentences")
     return Generated(hyps, refs, lengths, command)
 
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from .io import PruningError
+from .io import UserError
 
 FORMAT = "fairseq-slt-compact"
 VERSION = 1
@@ -58,7 +58,7 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
 
     Every byte of weights goes into one blob (one storage in the file); ``index`` locates each tensor."""
     if values not in VALUE_DTYPES:
-        raise PruningError(f"--values must be one of {', '.join(VALUE_DTYPES)}, not {values}")
+        raise UserError(f"--values must be one of {', '.join(VALUE_DTYPES)}, not {values}")
     value_dtype = VALUE_DTYPES[values]
     entries, blobs, report, offset = [], [], [], 0
     matrix_total = matrix_zeros = 0
@@ -72,7 +72,7 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
     names = aliases(model)
     unknown = sorted(set(masks) - set(names))
     if unknown:
-        raise PruningError(f"the mask names {unknown[0]}, which is not in the checkpoint's weights")
+        raise UserError(f"the mask names {unknown[0]}, which is not in the checkpoint's weights")
     mask_name = {names[name]: name for name in masks}  # a tied tensor's mask is kept under the mask's name
     for name, first in names.items():
         if first != name:
@@ -93,7 +93,7 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
         dense_bytes = stored.numel() * stored.element_size()
         bitmap = kept = b""
         if name in mask_name and nonzero is None:
-            raise PruningError(f"the mask covers {name}, which is not a floating-point matrix")
+            raise UserError(f"the mask covers {name}, which is not a floating-point matrix")
         if nonzero is not None and (name in mask_name or not nonzero.all()):
             bitmap = lzma.compress(np.packbits(nonzero).tobytes(), **_LZMA)
             kept = lzma.compress(_split_planes(_bytes(stored.reshape(-1)[torch.from_numpy(nonzero)])), **_LZMA)
@@ -109,7 +109,7 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
         entries.append(entry)
         report.append(row)
     if matrix_total == 0 or matrix_zeros < MIN_SPARSITY * matrix_total:
-        raise PruningError(
+        raise UserError(
             f"the checkpoint is dense (its weight matrices are {100 * matrix_zeros / max(matrix_total, 1):.2f} % "
             f"zeros, below {100 * MIN_SPARSITY:.0f} %): a compact file would be no smaller; compress a pruned checkpoint")
     index = lzma.compress(json.dumps(entries).encode(), **_LZMA)
@@ -123,11 +123,11 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
 def _mask_bitmap(name: str, tensor: torch.Tensor, keep) -> np.ndarray:
     """The mask as the matrix's bitmap, once the weights are checked to be zero (either sign) where it prunes."""
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != tuple(tensor.shape):
-        raise PruningError(f"the mask of {name} is not a boolean tensor of the weight's shape {tuple(tensor.shape)}")
+        raise UserError(f"the mask of {name} is not a boolean tensor of the weight's shape {tuple(tensor.shape)}")
     keep = keep.reshape(-1).cpu()
     stray = int((tensor.reshape(-1)[~keep] != 0).sum())
     if stray:
-        raise PruningError(f"{name} holds {stray} nonzero weights where its mask prunes: the checkpoint does not "
+        raise UserError(f"{name} holds {stray} nonzero weights where its mask prunes: the checkpoint does not "
                            "match its mask")
     return keep.numpy().copy()
 
@@ -145,16 +145,16 @@ def expand_with_mask(state: dict, source: str = "compact checkpoint") -> Tuple[D
                                                                              Dict[str, torch.Tensor]]:
     """(state dict, mask): the mask as boolean tensors, each masked matrix's nonzero bitmap ({} if none)."""
     if not is_compact(state):
-        raise PruningError(f"{source} is not a compact checkpoint (made by fairseq-slt compress)")
+        raise UserError(f"{source} is not a compact checkpoint (made by fairseq-slt compress)")
     if state.get("version") != VERSION:
-        raise PruningError(f"{source} has compact format version {state.get('version')}; this fairseq-slt reads {VERSION}")
+        raise UserError(f"{source} has compact format version {state.get('version')}; this fairseq-slt reads {VERSION}")
     try:
         blob = state["blob"].numpy().tobytes()
         intact = state.get("sha256") == _checksum(state, blob)
     except Exception:  # a structure too damaged to hash
         intact = False
     if not intact:
-        raise PruningError(f"{source} is corrupt: its checksum does not match its content")
+        raise UserError(f"{source} is corrupt: its checksum does not match its content")
     index, blob = blob[:state["index"]], memoryview(blob)[state["index"]:]
     model: Dict[str, torch.Tensor] = {}
     mask: Dict[str, torch.Tensor] = {}
@@ -165,7 +165,7 @@ def expand_with_mask(state: dict, source: str = "compact checkpoint") -> Tuple[D
             _check_entry(entry, len(blob), seen)
             seen.add(entry["name"])
     except (ValueError, TypeError, KeyError, lzma.LZMAError) as err:
-        raise PruningError(f"{source} has an index that does not describe its data ({err})") from None
+        raise UserError(f"{source} has an index that does not describe its data ({err})") from None
     for entry in entries:
         name = entry["name"]
         if entry["kind"] == "alias":
@@ -178,8 +178,8 @@ def expand_with_mask(state: dict, source: str = "compact checkpoint") -> Tuple[D
         else:
             try:
                 model[name], nonzero = _unpack(entry, blob)
-            except PruningError as err:
-                raise PruningError(f"{source}: {err}") from None
+            except UserError as err:
+                raise UserError(f"{source}: {err}") from None
             if "mask" in entry:
                 mask[entry["mask"]] = nonzero
     return model, mask
@@ -228,7 +228,7 @@ def _decompress_exactly(data, length: int, what: str) -> bytes:
     decoder = lzma.LZMADecompressor(**_LZMA)
     out = decoder.decompress(data, max_length=length + 1)
     if len(out) != length:
-        raise PruningError(f"{what} decodes to {len(out)}{'+' if len(out) > length else ''} bytes, not {length}")
+        raise UserError(f"{what} decodes to {len(out)}{'+' if len(out) > length else ''} bytes, not {length}")
     return out
 
 
@@ -246,7 +246,7 @@ def _unpack(entry: dict, blob) -> Tuple[torch.Tensor, torch.Tensor]:
     packed = _decompress_exactly(blob[b_start:b_start + b_len], (numel + 7) // 8, f"the bitmap of {entry['name']}")
     nonzero = np.unpackbits(np.frombuffer(packed, np.uint8), count=numel).astype(bool)
     if int(nonzero.sum()) != count:
-        raise PruningError(f"the bitmap of {entry['name']} marks {int(nonzero.sum())} weights, the index {count}")
+        raise UserError(f"the bitmap of {entry['name']} marks {int(nonzero.sum())} weights, the index {count}")
     planes = _decompress_exactly(blob[v_start:v_start + v_len], count * itemsize, f"the values of {entry['name']}")
     kept = torch.from_numpy(_join_planes(planes, count, itemsize).copy()).view(stored).reshape(-1)
     tensor = torch.zeros(numel, dtype=getattr(torch, entry["dtype"]))

@@ -5,7 +5,7 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
-from .io import PruningError
+from .io import UserError
 from .mask import Mask
 
 
@@ -19,7 +19,7 @@ def prunable_parameters(
     try:
         regex = re.compile(pattern) if pattern else None
     except re.error as err:
-        raise PruningError(f"--prune-params is not a valid regular expression: {err}") from None
+        raise UserError(f"--prune-params is not a valid regular expression: {err}") from None
     chosen, seen = OrderedDict(), set()
     for name, param in named_parameters:
         if id(param) in seen:
@@ -28,7 +28,7 @@ def prunable_parameters(
         if param.dim() >= 2 and (regex is None or regex.search(name)):
             chosen[name] = param
     if not chosen:
-        raise PruningError(f"no prunable weight matrix matches --prune-params {pattern!r}")
+        raise UserError(f"no prunable weight matrix matches --prune-params {pattern!r}")
     return chosen
 
 

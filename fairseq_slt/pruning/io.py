@@ -12,8 +12,25 @@ import torch
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-class PruningError(ValueError):
-    """Bad input for pruning: reported to the user as one line."""
+class UserError(ValueError):
+    """What the user must fix (an option, an input file, an output that exists): one line, exit status 2."""
+
+
+class Failure(RuntimeError):
+    """What went wrong although the input was good (a tool it runs failed, a check of its own result):
+    one line, exit status 1. A full disk and other OSErrors are reported the same way."""
+
+
+def one_line(message) -> str:
+    """An error message as one line: a newline in a path (or anywhere) is shown as \\n."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def user_exit(message) -> SystemExit:
+    """Inside fairseq-train/-generate: the refusal's one line on stderr, and the exit (status 2) to raise."""
+    import sys
+    print(f"fairseq-slt: error: {one_line(message)}", file=sys.stderr, flush=True)
+    return SystemExit(2)
 
 
 def allow_fairseq_globals() -> None:
@@ -22,11 +39,11 @@ def allow_fairseq_globals() -> None:
 
 
 def safe_load(path: str, what: str = "checkpoint", mmap: bool = False) -> Any:
-    """``torch.load`` with ``weights_only=True``; every failure becomes one PruningError line.
+    """``torch.load`` with ``weights_only=True``; every failure becomes one UserError line.
 
     ``mmap``: map the file instead of reading it (only the tensors used are read from disk)."""
     if not path or not os.path.isfile(path):
-        raise PruningError(f"{what} not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     # not the safe_globals() context manager: on exit it would drop the process-wide allow-list
     allow_fairseq_globals()
     try:
@@ -34,15 +51,15 @@ def safe_load(path: str, what: str = "checkpoint", mmap: bool = False) -> Any:
     except Exception as err:  # any failure to unpickle (garbage bytes raise IndexError, KeyError, ...)
         foreign = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", str(err))
         if foreign:
-            raise PruningError(f"refusing to load {what} {path}: it carries the pickled global {foreign.group(1)}, "
+            raise UserError(f"refusing to load {what} {path}: it carries the pickled global {foreign.group(1)}, "
                                "which is not allow-listed (only tensors, containers and argparse.Namespace are)") from None
-        raise PruningError(f"cannot read {what} {path}: not a readable torch file ({type(err).__name__})") from None
+        raise UserError(f"cannot read {what} {path}: not a readable torch file ({type(err).__name__})") from None
 
 
 def refuse_overwrite(path: str, force: bool) -> None:
     """A tool's output file that exists is only replaced with --force."""
     if os.path.exists(path) and not force:
-        raise PruningError(f"{path} exists; pass --force to overwrite it")
+        raise UserError(f"{path} exists; pass --force to overwrite it")
 
 
 def _atomic_write(path: str, write) -> None:

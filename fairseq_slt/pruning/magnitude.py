@@ -8,7 +8,7 @@ from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
-from .io import PruningError
+from .io import UserError
 from .mask import Mask
 from .select import keep_all_but_smallest, magnitude_bits
 
@@ -18,7 +18,7 @@ _NEVER = float("inf")  # score of an already pruned weight: never chosen again, 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise PruningError(f"{what} must be in [0, 1), got {sparsity}")
+        raise UserError(f"{what} must be in [0, 1), got {sparsity}")
     return float(sparsity)
 
 
@@ -83,7 +83,7 @@ def magnitude_mask(
     """Prune the smallest-magnitude weights: per tensor (``layer``) or over all tensors (``global``)."""
     sparsity = check_sparsity(sparsity)
     if scope not in SCOPES:
-        raise PruningError(f"scope must be one of {SCOPES}, got {scope!r}")
+        raise UserError(f"scope must be one of {SCOPES}, got {scope!r}")
     if previous_mask is not None:
         previous_mask.check_matches(weights, "weights", exact=True)
     if scope == "layer":

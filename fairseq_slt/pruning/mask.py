@@ -6,7 +6,7 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from .io import PruningError, atomic_save, atomic_write_json, safe_load
+from .io import UserError, atomic_save, atomic_write_json, safe_load
 
 MASK_FORMAT = "fairseq-slt-mask"
 MASK_VERSION = 2  # 2: with a SHA-256 checksum of the packed bits; 1 (no checksum) is still read
@@ -17,9 +17,9 @@ class Mask(Mapping):
         self._tensors: Dict[str, torch.Tensor] = {}
         for name, tensor in tensors.items():
             if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-                raise PruningError(f"mask entry {name!r} is not a named tensor")
+                raise UserError(f"mask entry {name!r} is not a named tensor")
             if tensor.dtype != torch.bool:
-                raise PruningError(f"mask entry {name} has dtype {tensor.dtype}, expected torch.bool")
+                raise UserError(f"mask entry {name} has dtype {tensor.dtype}, expected torch.bool")
             self._tensors[name] = tensor.detach().cpu()
 
     # Mapping protocol
@@ -61,15 +61,15 @@ class Mask(Mapping):
 
     # relations
     def check_matches(self, weights: Mapping, what: str = "model", exact: bool = False) -> None:
-        """Raise PruningError unless every mask entry names a weight of the same shape
+        """Raise UserError unless every mask entry names a weight of the same shape
         (and, with ``exact``, every weight has an entry)."""
         if exact and set(self._tensors) != set(weights):
-            raise PruningError(f"the mask covers other parameters than the {what}")
+            raise UserError(f"the mask covers other parameters than the {what}")
         for name, m in self._tensors.items():
             if name not in weights:
-                raise PruningError(f"mask entry {name} has no parameter in the {what}")
+                raise UserError(f"mask entry {name} has no parameter in the {what}")
             if tuple(weights[name].shape) != tuple(m.shape):
-                raise PruningError(
+                raise UserError(
                     f"mask entry {name} has shape {tuple(m.shape)} but the {what} has {tuple(weights[name].shape)}")
 
     def within(self, other: "Mask") -> bool:
@@ -87,16 +87,16 @@ class Mask(Mapping):
     @classmethod
     def from_state_dict(cls, state, source: str = "mask") -> "Mask":
         if not isinstance(state, dict) or state.get("format") != MASK_FORMAT or not isinstance(state.get("masks"), dict):
-            raise PruningError(f"{source} is not a fairseq-slt mask")
+            raise UserError(f"{source} is not a fairseq-slt mask")
         if state.get("version") not in (1, MASK_VERSION):
-            raise PruningError(f"{source} has mask version {state.get('version')}, expected {MASK_VERSION}")
+            raise UserError(f"{source} has mask version {state.get('version')}, expected {MASK_VERSION}")
         if state.get("version") == MASK_VERSION:
             try:
                 intact = state.get("sha256") == _checksum(state["masks"])
             except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
                 intact = False
             if not intact:
-                raise PruningError(f"{source} is corrupt: its checksum does not match its content")
+                raise UserError(f"{source} is corrupt: its checksum does not match its content")
         tensors = {}
         for name, entry in state["masks"].items():
             try:
@@ -106,7 +106,7 @@ class Mask(Mapping):
                     raise ValueError
                 flat = np.unpackbits(bits.numpy(), count=count).astype(bool)
             except (KeyError, TypeError, ValueError, AttributeError):
-                raise PruningError(f"{source} is corrupt: entry {name!r} is malformed") from None
+                raise UserError(f"{source} is corrupt: entry {name!r} is malformed") from None
             tensors[name] = torch.from_numpy(flat).reshape(shape)
         return cls(tensors)
 

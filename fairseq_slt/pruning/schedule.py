@@ -1,17 +1,23 @@
 """Gradual magnitude pruning schedule (Zhu & Gupta, 2017), as used by the paper's MP."""
-from .io import PruningError
+from .io import UserError
 from .magnitude import check_sparsity
 
 
-def check_schedule(initial: float, final: float, start: int, end: int, frequency: int) -> None:
-    check_sparsity(initial, "--prune-initial-sparsity")
-    check_sparsity(final, "--prune-sparsity")
+TRAINER_OPTIONS = ("--prune-initial-sparsity", "--prune-sparsity", "--prune-start", "--prune-end", "--prune-frequency")
+
+
+def check_schedule(initial: float, final: float, start: int, end: int, frequency: int,
+                   options=TRAINER_OPTIONS) -> None:
+    """``options``: the names the user gave these five values under (fairseq-train's by default)."""
+    s0, s_final, o_start, o_end, o_frequency = options
+    check_sparsity(initial, s0)
+    check_sparsity(final, s_final)
     if initial > final:
-        raise PruningError(f"--prune-initial-sparsity {initial} is above the final --prune-sparsity {final}")
+        raise UserError(f"{s0} {initial} is above the final {s_final} {final}")
     if start < 0 or end <= start:
-        raise PruningError(f"--prune-end ({end}) must be greater than --prune-start ({start}) >= 0")
+        raise UserError(f"{o_end} ({end}) must be greater than {o_start} ({start}) >= 0")
     if frequency <= 0:
-        raise PruningError(f"--prune-frequency must be a positive number of updates, got {frequency}")
+        raise UserError(f"{o_frequency} must be a positive number of updates, got {frequency}")
 
 
 def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int) -> float:

@@ -12,7 +12,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
 from .. import broadcast_fix, clean_exit, sparse_inference
-from ..pruning import PruningError
+from ..pruning.io import UserError, user_exit
 from ..pruning_run import Phase, PruningRun
 from ..run_options import METHODS, validate_options
 from ..run_dir import LAST
@@ -70,8 +70,8 @@ class TranslationSLTConfig(TranslationConfig):
     log_interval: int = II("common.log_interval")
 
 
-def _user_error(err: PruningError) -> SystemExit:
-    return SystemExit(f"fairseq-slt: error: {err}")
+def _user_error(err: UserError) -> SystemExit:
+    return user_exit(err)
 
 
 @register_task("translation_slt", dataclass=TranslationSLTConfig)
@@ -91,14 +91,14 @@ class TranslationSLTTask(TranslationTask):
         if not kwargs.get("from_checkpoint"):
             try:
                 validate_options(cfg)
-            except PruningError as err:
+            except UserError as err:
                 raise _user_error(err) from None
         return super().setup_task(cfg, **kwargs)
 
     def build_model(self, cfg, from_checkpoint=False):
         if self.cfg.sparse_inference and not from_checkpoint:
-            raise SystemExit("fairseq-slt: error: --sparse-inference is an option of fairseq-generate and "
-                             "fairseq-interactive, not of training")
+            raise user_exit("--sparse-inference is an option of fairseq-generate and fairseq-interactive, not of "
+                            "training")
         model = super().build_model(cfg, from_checkpoint)
         if not from_checkpoint:
             fresh_init = None
@@ -108,7 +108,7 @@ class TranslationSLTTask(TranslationTask):
                     fresh_init = super().build_model(cfg, from_checkpoint).state_dict()
             try:
                 self.pruning = PruningRun(self.cfg, model, self._full_config, fresh_init, self.dictionary_digest())
-            except PruningError as err:
+            except UserError as err:
                 raise _user_error(err) from None
             if self.pruning.resumed_from == self.pruning.own_last:
                 self._resume_own_checkpoint()
@@ -146,7 +146,7 @@ class TranslationSLTTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         try:
             started = self.pruning.start(update_num, optimizer) if self.pruning is not None else None
-        except PruningError as err:
+        except UserError as err:
             raise _user_error(err) from None
         if started is Phase.NEW and hasattr(checkpoint_utils.save_checkpoint, "best"):
             # a new run tracks its own best loss, not one inherited from a --restore-file of another run
@@ -158,7 +158,7 @@ class TranslationSLTTask(TranslationTask):
         if self.pruning is not None:
             try:
                 self.pruning.after_step(update_num)
-            except PruningError as err:
+            except UserError as err:
                 raise _user_error(err) from None
 
     def build_generator(self, models, args, **kwargs):
@@ -168,7 +168,7 @@ class TranslationSLTTask(TranslationTask):
 
     def _sparsify(self, models) -> None:
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):
-            raise SystemExit("fairseq-slt: error: --sparse-inference runs on CPU only (add --cpu)")
+            raise user_exit("--sparse-inference runs on CPU only (add --cpu)")
         plan = sparse_inference.Plan()
         atexit.register(lambda: [logger.info(f"--sparse-inference: {line}") for line in plan.summary()])
         for model in models:
