@@ -182,3 +182,15 @@ def test_the_wmt14_recipe_dry_run_prints_commands_that_parse(pair, tmp_path):
         else:
             assert tool in ("mkdir", "wget", "tar"), line
     assert methods == {"none", "mp", "slt", "clt"} and iterated == {"slt", "clt", "lt"}
+
+
+def test_every_shell_script_parses_and_the_converged_driver_asks_for_t():
+    scripts = subprocess.run(["git", "ls-files", "*.sh"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert "examples/multi30k/run_converged.sh" in scripts
+    for script in scripts:
+        parsed = subprocess.run(["bash", "-n", script], cwd=ROOT, capture_output=True, text=True)
+        assert parsed.returncode == 0, (script, parsed.stderr)
+    no_t = subprocess.run(["bash", "examples/multi30k/run_converged.sh"], cwd=ROOT, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "T"})
+    assert no_t.returncode != 0 and no_t.stderr.strip().endswith("T: set T, from the dense curve (fairseq-slt curve "
+                                                                 "prints it)")

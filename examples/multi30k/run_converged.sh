@@ -4,7 +4,7 @@
 # cells first; after each cell the table, JSON and plot are written to PUBLISH and, with COMMIT_REPO set,
 # committed there (only those files), so a lost machine loses only the runs in flight. Resumable.
 #   T=4000 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
-: "${T:?set T, the curve's (fairseq-slt curve prints it)}"
+: "${T:?set T, from the dense curve (fairseq-slt curve prints it)}"
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 : "${WORK:=$ROOT_DIR/runs/multi30k-T$T}" "${PUBLISH:=${COMMIT_REPO:-$ROOT_DIR}/docs/results/converged}"
 MAX_UPDATE=$T THREADS=1
