@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The converged protocol: every run trains T updates (T from the dense curve, 10_dense_curve.sh), theta_k at
-# 5 % of T, MP until 80 % of T every 2 %; levels up to 98 %. Two one-thread chains side by side, the claims'
-# cells first; after each cell the table, JSON and plot are written to PUBLISH and, with COMMIT_REPO set,
-# committed there (only those files), so a lost machine loses only the runs in flight. Resumable.
-#   T=4000 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
+# 5 % of T, MP until 80 % of T every 2 %; levels up to 98 %. Two one-thread chains side by side from the start
+# (a: dense, then SLT and its kin; b: dense seed 2, MP and its kin), the claims' cells first; after each
+# cell the table, JSON and plot are written to PUBLISH and, with COMMIT_REPO set, committed there (only
+# those files), so a lost machine loses only the runs in flight. Resumable.
+#   T=3500 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
 : "${T:?set T, from the dense curve (fairseq-slt curve prints it)}"
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 : "${WORK:=$ROOT_DIR/runs/multi30k-T$T}" "${PUBLISH:=${COMMIT_REPO:-$ROOT_DIR}/docs/results/converged}"
@@ -38,21 +39,25 @@ chain_a() {  # SLT level by level, SLT-MP from SLT 50 %, the sign control; then 
   for level in $LEVELS_ALL; do LEVELS="$(levels_up_to "$level")" bash "$R/06_iterate.sh" lt && publish "LT $level" || return 1; done
 }
 
-chain_b() {  # a second dense seed (the noise), MP at every level, MP-SLT 80/90; then the other combined cells
+wait_for() {  # MARKER: chain b's one cell that needs chain a's (SLT 50 %) waits for it while chain a runs
+  until [ -e "$1" ]; do kill -0 "$a" 2>/dev/null || { echo "error: chain a ended before $1"; return 1; }; sleep 60; done
+}
+
+chain_b() {  # needs no dense run of seed 1, so it starts with it: a second dense seed (the noise), MP at every
+  # level, MP-SLT 80/90; then the other combined cells
   train_stage dense_seed2 --prune-method none --seed 2 && publish "dense, seed 2" || return 1
   for level in $LEVELS_ALL; do LEVELS=$level bash "$R/05_train_mp.sh" && publish "MP $level" || return 1; done
   for levels in "0.8" "0.8 0.9"; do
     LEVELS=$levels WHICH=mp-slt bash "$R/08_combined.sh" && publish "MP-SLT ${levels##* }" || return 1
   done
-  LEVELS=0.8 WHICH=slt-mp bash "$R/08_combined.sh" && publish "SLT-MP 0.8" || return 1
+  wait_for "$WORK/slt/slt_0.5/.done" && LEVELS=0.8 WHICH=slt-mp bash "$R/08_combined.sh" && publish "SLT-MP 0.8" || return 1
   for levels in "0.8 0.9 0.95" "0.8 0.9 0.95 0.98"; do
     LEVELS=$levels WHICH=mp-slt bash "$R/08_combined.sh" && publish "MP-SLT ${levels##* }" || return 1
   done
 }
 
 bash "$R/01_prepare.sh" > "$WORK/prepare.log" 2>&1 || { tail -n 5 "$WORK/prepare.log"; exit 1; }
-bash "$R/02_train_dense.sh" && publish "dense" || exit 1
-( set -o pipefail; chain_a 2>&1 | sed -u 's/^/[a] /' ) & a=$!
+( set -o pipefail; { bash "$R/02_train_dense.sh" && publish "dense" && chain_a; } 2>&1 | sed -u 's/^/[a] /' ) & a=$!
 ( set -o pipefail; chain_b 2>&1 | sed -u 's/^/[b] /' ) & b=$!
 wait "$a" || failed=a
 wait "$b" || failed="${failed:+$failed and }b"
