@@ -185,6 +185,6 @@ def test_results_on_a_run_whose_run_json_is_broken_says_so_in_one_line(slt_run, 
         manifest.write_text(content)
         result = run_tool("fairseq-slt", "results", tmp_path / "runs", "--no-score", "--json", tmp_path / "r.json",
                           check=False)
-        assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [
             f"fairseq-slt results: error: {manifest} {fragment}: restore it, or move the run out of the folders given"]
         assert not (tmp_path / "r.json").exists()

@@ -291,3 +291,20 @@ def test_iterate_names_the_options_its_user_gave(data_bin, tmp_path):
         result = _in_process(argv)
         _check(label, *result, before, _snapshot(str(tmp_path)), "fairseq-slt iterate: error: ")
         assert re.search(fragment, result[1]), (label, result[1])
+
+
+def test_several_processes_on_cpu_are_refused_once_before_any_starts(data_bin, tmp_path):
+    """launch: a DDP backend that cannot run on CPU is one line from the launcher, not one per rank;
+    fairseq-train asked for 2 processes on CPU without --distributed-no-spawn (fairseq would start none)."""
+    for backend in (["--ddp-backend", "c10d"], []):  # fairseq's default, pytorch_ddp, cannot either
+        before = _snapshot(str(tmp_path))
+        result = _in_process(["launch", "--nproc", "2", "--", data_bin, "--cpu", *backend])
+        _check(backend, *result, before, _snapshot(str(tmp_path)), "fairseq-slt launch: error: ")
+        assert f"--ddp-backend {backend[1] if backend else 'pytorch_ddp'} does not run on CPU" in result[1]
+    save = tmp_path / "spawn"
+    save.mkdir()
+    before = _snapshot(str(tmp_path))
+    result = train(data_bin, str(save), "--prune-method", "none", "--distributed-world-size", "2",
+                   "--ddp-backend", "legacy_ddp", check=False)
+    _check("spawn on CPU", result.returncode, result.stderr, None, before, _snapshot(str(tmp_path)),
+           "fairseq-slt: error: --distributed-world-size 2 without a GPU")

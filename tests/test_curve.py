@@ -47,6 +47,6 @@ def test_curve_scores_every_kept_checkpoint_and_reuses_results_cache(dense_run, 
     assert "scoring" not in again.stderr  # every score came from the cache
     missing = run_tool("fairseq-slt", "curve", str(tmp_path), "--references-dir", references, "--tgt", "de",
                        check=False)
-    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         f"fairseq-slt curve: error: {tmp_path} holds no interval checkpoints (checkpoint_E_U.pt): train with "
         "--save-interval-updates N --keep-interval-updates -1"]

@@ -13,6 +13,9 @@ from conftest import load, train
 import fairseq_slt  # noqa: F401  (with fairseq loaded: installs the patches)
 from fairseq import checkpoint_utils, file_io
 from fairseq_slt import fairseq_patches
+from fairseq_slt.checkpoints import TASK_KEY
+from fairseq_slt.pruning import Mask
+from fairseq_slt.pruning.enforce import bits
 from fairseq_slt.pruning import atomic_save, atomic_write_json, atomic_write_stream, atomic_write_text
 
 # The hook the failing runs import (tests/launcher.py runs it; a plain process would as a sitecustomize): the
@@ -113,14 +116,13 @@ def test_a_planted_link_is_replaced_not_written_through(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_bin, tmp_path_factory):
-    """The run without faults: 12 updates, saved every 4, a rewind point at 8."""
+def uninterrupted(data_bin, dense_run, tmp_path_factory):
+    """The run without faults (SLT at 50 %): 12 updates, saved every 4, a rewind point at 8; its options."""
+    options = ("--prune-method", "slt", "--prune-sparsity", "0.5", "--prune-mask-from", dense_run["best"],
+                 "--prune-rewind-from", dense_run["rewind4"], "--save-interval-updates", 4, "--save-rewind-points", "8")
     whole = str(tmp_path_factory.mktemp("full-disk") / "whole")
-    train(data_bin, whole, *FAULT_RUN, max_update=12)
-    return whole
-
-
-FAULT_RUN = ("--prune-method", "none", "--save-interval-updates", 4, "--save-rewind-points", "8")
+    train(data_bin, whole, *options, max_update=12)
+    return whole, options
 
 
 @pytest.mark.parametrize("name, nth, limit", [
@@ -131,23 +133,25 @@ FAULT_RUN = ("--prune-method", "none", "--save-interval-updates", 4, "--save-rew
 ])
 def test_a_run_that_hit_a_full_disk_resumes_from_its_newest_whole_state_and_ends_where_an_uninterrupted_run_ends(
         data_bin, uninterrupted, tmp_path, name, nth, limit):
+    uninterrupted, options = uninterrupted
     broken = str(tmp_path / "broken")
     (tmp_path / "sitecustomize.py").write_text(HOOK)  # a plain fairseq-train imports it; the launcher runs it
     flag = tmp_path / "fail-flag"
     flag.write_text("")
     fault = {"SLT_TEST_HOOK": str(tmp_path / "sitecustomize.py"), "PYTHONPATH": str(tmp_path), "FAIL_NAME": name,
              "FAIL_FLAG": str(flag), "FAIL_AT": str(limit), "FAIL_NTH": str(nth)}
-    failed = train(data_bin, broken, *FAULT_RUN, max_update=12, check=False, extra_env=fault)
+    failed = train(data_bin, broken, *options, max_update=12, check=False, extra_env=fault)
     assert failed.returncode != 0 and "No space left on device" in failed.stdout + failed.stderr
     assert not flag.exists()  # the fault was injected where it was meant to be
     assert not [n for n in os.listdir(broken) if n.startswith(".tmp") or n.endswith(".tmp")]
     saved = [load(os.path.join(broken, n))["optimizer_history"][-1]["num_updates"]  # every one whole
              for n in os.listdir(broken) if n.startswith("checkpoint_") and "rewind" not in n]
-    resumed = train(data_bin, broken, *FAULT_RUN, max_update=12)
+    resumed = train(data_bin, broken, *options, max_update=12)
     loaded = re.findall(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch \d+ @ (\d+) updates\)", resumed.stdout)
     assert loaded == [str(max(saved))]  # from the newest whole state: nothing lost beyond it
-    ours, theirs = (load(os.path.join(d, "checkpoint_last.pt"))["model"] for d in (broken, uninterrupted))
-    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
-    rewind = (load(os.path.join(d, "checkpoint_rewind_8.pt"))["model"] for d in (broken, uninterrupted))
-    ours, theirs = rewind
+    ours, theirs = (load(os.path.join(d, "checkpoint_last.pt")) for d in (broken, uninterrupted))
+    assert all(torch.equal(ours["model"][key], theirs["model"][key]) for key in theirs["model"])
+    mask = Mask.from_state_dict(ours["extra_state"][TASK_KEY]["mask"])  # and the mask exact, bit by bit
+    assert mask.sparsity() > 0.49 and all(not bits(ours["model"][n])[~k].any() for n, k in mask.items())
+    ours, theirs = (load(os.path.join(d, "checkpoint_rewind_8.pt"))["model"] for d in (broken, uninterrupted))
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
