@@ -14,7 +14,8 @@ from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
 from .master_weights import master_copies, sync_master_weights
 from .pruning import Mask, MaskEnforcer, UserError, magnitude_mask, prunable_parameters, random_mask
 from .pruning.reinit import constant_weights
-from .pruning.schedule import cubic_sparsity, is_pruning_step
+from .pruning.methods import method
+from .pruning.schedule import Schedule
 from .ranks import all_ranks, weights_checksum
 from .run_options import parse_rewind_points, run_identity
 
@@ -34,7 +35,7 @@ class PruningRun:
     def __init__(self, cfg, model: torch.nn.Module, full_config: Callable[[], dict],
                  fresh_init: Optional[Dict[str, torch.Tensor]] = None, dictionaries: Optional[str] = None):
         self.cfg, self.model, self.full_config = cfg, model, full_config
-        self.method, self.dictionaries = cfg.prune_method, dictionaries
+        self.method, self.dictionaries = method(cfg.prune_method), dictionaries
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
         self.enforcer = MaskEnforcer(self.params, zero_gradients=not getattr(cfg, "prune_dense_gradients", False))
@@ -52,8 +53,14 @@ class PruningRun:
         self.resumed_from = resume.path if resume is not None else None
         if resume is not None:
             self._resume(resume)
-        elif self.method != "none":
+        elif self.method.prunes:
             self._prepare(fresh_init)
+
+    @property
+    def schedule(self) -> Schedule:
+        cfg = self.cfg
+        return Schedule(self.method.gradual, self.initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
+                        cfg.prune_frequency)
 
     @property
     def is_master(self) -> bool:
@@ -81,7 +88,7 @@ class PruningRun:
 
     def _resume(self, checkpoint: Checkpoint) -> None:
         mask = checkpoint.mask()
-        if self.method != "none" and mask is None:
+        if self.method.prunes and mask is None:
             raise UserError(f"{checkpoint.path} holds no mask, but this is a {self.method} run")
         if mask is not None:
             try:
@@ -112,12 +119,12 @@ class PruningRun:
                 raise UserError(f"--prune-rewind-from checkpoint {rewind.path} records no update number (its optimizer "
                                 "history is empty): theta_0 and theta_k cannot be told apart; use a checkpoint "
                                 "fairseq-train saved (--save-rewind-points)")
-            self._check_rewind_update(rewind.num_updates)
+            self.method.check_rewind_update(rewind.num_updates)
         previous = source.mask() if source is not None else None
         if previous is not None:
             previous.check_matches(self.params, f"weight matrices --prune-params selects ({source.path})", exact=True)
         sparsity = cfg.prune_sparsity
-        if self.method == "mp":  # the starting mask: s_0, at least the source mask's sparsity
+        if self.method.gradual:  # the starting mask: s_0, at least the source mask's sparsity
             sparsity = max(cfg.prune_initial_sparsity, previous.sparsity() if previous is not None else 0.0)
             if sparsity > cfg.prune_sparsity:
                 raise UserError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
@@ -138,13 +145,6 @@ class PruningRun:
                     f"{' (random)' if cfg.prune_random_mask else ''} from {source.path if source else 'the start weights'}; "
                     f"weights from {'a fresh init' if cfg.prune_reinit else rewind.path if rewind else 'the model init'}")
 
-    def _check_rewind_update(self, update: Optional[int]) -> None:
-        if self.method == "lt" and update != 0:
-            raise UserError(f"--prune-method lt rewinds to update 0, but --prune-rewind-from is from update {update}")
-        if self.method in ("slt", "clt") and update == 0:
-            raise UserError(f"--prune-method {self.method} rewinds to update k > 0; "
-                               "a checkpoint from update 0 is --prune-method lt")
-
     # training hooks
     def start(self, update_num: int, optimizer=None) -> Optional[Phase]:
         """Before the first forward pass of this process (after any checkpoint was restored): applies the
@@ -154,12 +154,12 @@ class PruningRun:
         started_from, self.phase = self.phase, Phase.RUNNING
         self.updates_done = update_num
         self.masters = master_copies(optimizer)  # fixed for the optimizer's life: found once, used every step
-        if started_from is Phase.NEW and self.method != "none":
+        if started_from is Phase.NEW and self.method.prunes:
             if self.start_mask is None:  # mp with s_0 from the weights it starts with
                 self.start_mask = magnitude_mask(self.params, self.initial_sparsity, None, self.cfg.prune_scope)
             if self.start_weights is not None:
                 torch.nn.Module.load_state_dict(self.model, self.start_weights, strict=True)
-            if self.method == "clt":
+            if self.method.kept_weights == "constant":
                 self._set_constant_weights()
             self.enforcer.set_mask(self.start_mask)
             if sync_master_weights(self.masters):
@@ -193,8 +193,8 @@ class PruningRun:
         done, cfg = update_num + 1, self.cfg
         self.updates_done = done
         self._stats = None
-        if self.method == "mp" and is_pruning_step(done, cfg.prune_start, cfg.prune_end, cfg.prune_frequency):
-            target = cubic_sparsity(done, self.initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end)
+        target = self.schedule.target_at(done)
+        if target is not None:
             self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
             self.check_ranks(f"update {done}")
         else:

@@ -16,8 +16,11 @@ import time
 from .. import run_dir
 from ..checkpoints import Checkpoint, rewind_point_path
 from ..pruning import UserError, atomic_write_json, atomic_write_text
+from ..pruning.methods import COMBINABLE, COMBINED, TABLE
 from ..pruning.schedule import check_schedule
 from .stages import Stage, plan_stages
+
+COMBINATIONS = tuple(COMBINED.values())  # --combine's choices besides none
 
 DEFAULT_LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95,0.98"
 PLUGIN_ARGS = (("--task", "translation_slt"), ("--criterion", "label_smoothed_cross_entropy_slt"))
@@ -30,13 +33,14 @@ PR_SET_PDEATHSIG = 1
 def add_arguments(parser):
     parser.add_argument("--work-dir", required=True, help="one folder per level goes here, plus summary.json")
     parser.add_argument("--levels", default=DEFAULT_LEVELS, help="increasing sparsities (the paper's by default)")
-    parser.add_argument("--method", choices=("slt", "lt", "clt"), default="slt", help="method of every level")
+    parser.add_argument("--method", choices=[m.name for m in TABLE.values() if m.from_checkpoints], default="slt",
+                        help="method of every level")
     parser.add_argument("--rewind-k", type=int, default=0, help="update k of the rewind point theta_k (slt, clt)")
     parser.add_argument("--rewind-source", choices=("previous", "dense"), default="previous",
                         help="theta_k of the previous level's run (paper) or of the dense run (Frankle et al.)")
     parser.add_argument("--dense-dir", help="a finished dense run with checkpoint_best.pt and its rewind points; "
                                             "default: the driver trains one in WORK/dense")
-    parser.add_argument("--combine", choices=("none", "slt-mp", "mp-slt"), default="none",
+    parser.add_argument("--combine", choices=("none", *COMBINATIONS), default="none",
                         help="slt-mp: SLT levels up to --intermediate, then MP to the last level; "
                              "mp-slt: MP to --intermediate, then SLT levels above it")
     parser.add_argument("--intermediate", type=float, help="the intermediate sparsity s_i of --combine")
@@ -103,13 +107,13 @@ def validate(args, levels):
     for option in ("train_command", "generate_command"):
         if not shlex.split(getattr(args, option)):
             raise UserError(f"--{option.replace('_', '-')} is empty")
-    if args.method != "lt" and args.rewind_k <= 0:
+    if TABLE[args.method].rewind_to == "theta_k" and args.rewind_k <= 0:
         raise UserError(f"--method {args.method} needs --rewind-k > 0 (about 5 % of a run's updates)")
-    if args.combine != "none":
+    if args.combine in COMBINATIONS:
         if args.intermediate is None:
             raise UserError(f"--combine {args.combine} needs --intermediate")
-        if args.method != "slt":
-            raise UserError(f"--combine {args.combine} combines MP with --method slt")
+        if args.method not in COMBINABLE:
+            raise UserError(f"--combine {args.combine} combines MP with --method {'/'.join(COMBINABLE)}")
         if args.intermediate >= levels[-1]:
             raise UserError(f"--intermediate {args.intermediate} must be below the last level {levels[-1]}")
         check_schedule(args.intermediate, levels[-1], args.mp_start, args.mp_end, args.mp_frequency,
@@ -220,7 +224,7 @@ class Driver:
         best = Checkpoint(os.path.join(folder, "checkpoint_best.pt"))
         mask = best.mask()
         previous = self.stages[self.stages.index(stage) - 1] if self.stages.index(stage) > 0 else None
-        if mask is not None and previous is not None and previous.method != "none":
+        if mask is not None and previous is not None and TABLE[previous.method].prunes:
             before = Checkpoint(os.path.join(self.dir(previous.name), "checkpoint_best.pt")).mask()
             if before is not None and not mask.within(before):
                 raise UserError(f"stage {stage.name}: its mask unprunes weights of {previous.name}'s mask")

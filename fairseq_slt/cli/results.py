@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 from ..checkpoints import Checkpoint, unique_tensors
 from . import claims, report
+from ..pruning import methods
 from .report import CONTROLS
 from .scoring import score
 from ..pruning import UserError, atomic_write_json, atomic_write_text
@@ -75,17 +76,12 @@ def identity_of(run: str) -> dict:
 
 def label_of(identity: dict, identities: Dict[str, dict]) -> str:
     """dense, mp, lt, slt, clt; slt-mp (MP from an SLT mask), mp-slt (SLT from an MP chain); controls named."""
-    method = identity.get("method", "none")
-    label = "dense" if method == "none" else method
     chain, source = [], identity.get("mask_from")
     while source and len(chain) < 50:  # the methods up the chain of mask sources
         parent = identities.get(os.path.dirname(source), {})
         chain.append(parent.get("method"))
         source = parent.get("mask_from")
-    if method == "mp" and "slt" in chain:
-        label = "slt-mp"
-    elif method == "slt" and "mp" in chain:
-        label = "mp-slt"
+    label = methods.label(identity.get("method", "none"), chain)
     for key, name in CONTROLS:
         if identity.get(key):
             label += f" ({name})"

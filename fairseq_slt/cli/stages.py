@@ -2,6 +2,8 @@
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ..pruning.methods import TABLE
+
 
 @dataclass
 class Stage:
@@ -38,7 +40,7 @@ def plan_stages(args, levels: List[float]) -> List[Stage]:
     for level in slt_levels:
         stages.append(Stage(f"{method}_{level:g}", method, level, ["--prune-sparsity", str(level), *save_points],
                             mask_from=previous, rewind_from=rewind_source(previous),
-                            rewind_point=0 if method == "lt" else k))
+                            rewind_point=0 if TABLE[method].rewind_to == "theta_0" else k))
         previous = stages[-1].name
 
     if args.combine == "slt-mp":

@@ -1,4 +1,7 @@
 """Gradual magnitude pruning schedule (Zhu & Gupta, 2017), as used by the paper's MP."""
+from dataclasses import dataclass
+from typing import Optional
+
 from .io import UserError
 from .magnitude import check_sparsity
 
@@ -31,3 +34,24 @@ def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int) -
 def is_pruning_step(t: int, start: int, end: int, frequency: int) -> bool:
     """Pruning happens every ``frequency`` updates from ``start``, and always at ``end``."""
     return start <= t <= end and ((t - start) % frequency == 0 or t == end)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a run's sparsity grows: not at all (``gradual`` False: the mask stays as it started), or from
+    ``initial`` to ``final`` on the cubic schedule, pruning every ``frequency`` updates from ``start`` to ``end``."""
+    gradual: bool
+    initial: float = 0.0
+    final: float = 0.0
+    start: int = 0
+    end: int = 0
+    frequency: int = 1
+
+    def sparsity_at(self, update: int) -> float:
+        return cubic_sparsity(update, self.initial, self.final, self.start, self.end) if self.gradual else self.final
+
+    def target_at(self, update: int) -> Optional[float]:
+        """The sparsity to prune to after ``update`` updates; None where the mask stays as it is."""
+        if not self.gradual or not is_pruning_step(update, self.start, self.end, self.frequency):
+            return None
+        return self.sparsity_at(update)

@@ -14,7 +14,8 @@ from omegaconf import II, OmegaConf
 from .. import broadcast_fix, clean_exit, sparse_inference
 from ..pruning.io import UserError, user_exit
 from ..pruning_run import Phase, PruningRun
-from ..run_options import METHODS, validate_options
+from ..pruning.methods import help_text
+from ..run_options import validate_options
 from ..run_dir import LAST
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ RESETS = ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_datalo
 @dataclass
 class TranslationSLTConfig(TranslationConfig):
     prune_method: str = field(default="none", metadata={
-        "help": f"pruning method: {', '.join(METHODS)} (none trains densely)"})
+        "help": help_text()})
     prune_sparsity: float = field(default=0.0, metadata={
         "help": "fraction of each weight matrix to prune, in [0, 1) (the final sparsity s_T for mp)"})
     prune_scope: str = field(default="layer", metadata={
