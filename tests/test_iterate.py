@@ -117,9 +117,15 @@ def test_rewind_to_the_dense_run_and_lt(data_bin, dense_run, tmp_path):
         "6 here): use another --work-dir"]
     work = str(tmp_path / "lt")
     run_tool("fairseq-slt", *driver_args(work, "--levels", "0.4", "--method", "lt", "--dense-dir", dense_run["dir"],
-                                        data=data_bin, max_update=4))
+                                        "--bleu", "--beam", "2", data=data_bin, max_update=4))
     assert start_weights_equal(os.path.join(work, "lt_0.4"), dense_run["rewind0"],
                                Mask.load(os.path.join(work, "lt_0.4", "mask.pt")))
+    # --bleu scores with results' scorer: the same figure results prints for the same checkpoint and subset
+    summary = json.load(open(os.path.join(work, "summary.json")))["stages"]
+    scored = run_tool("fairseq-slt", "results", os.path.join(work, "lt_0.4"), "--subset", "valid", "--beam", "2",
+                      "--generate-command", tool_path("fairseq-generate"), "--json", tmp_path / "lt.json")
+    rows = json.load(open(tmp_path / "lt.json"))["rows"]
+    assert summary[0]["valid_bleu"] == rows[0]["score"]["bleu"] and isinstance(rows[0]["score"]["bleu"], float), scored.stdout
 
 
 def test_slt_mp_and_mp_slt_end_to_end(data_bin, dense_run, tmp_path):

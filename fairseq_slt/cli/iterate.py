@@ -4,6 +4,7 @@ Each level's mask comes from the previous level's converged checkpoint, and its 
 previous level's own theta_k (the paper) or the dense run's (Frankle et al.).  A level whose run
 finished is skipped when the driver is rerun; an interrupted level resumes from its checkpoint_last.
 """
+import argparse
 import ctypes
 import json
 import os
@@ -18,6 +19,7 @@ from ..checkpoints import Checkpoint, rewind_point_path
 from ..pruning import UserError, atomic_write_json, atomic_write_text
 from ..pruning.methods import COMBINABLE, COMBINED, TABLE
 from ..pruning.schedule import check_schedule
+from . import scoring
 from .stages import Stage, plan_stages
 
 COMBINATIONS = tuple(COMBINED.values())  # --combine's choices besides none
@@ -47,9 +49,11 @@ def add_arguments(parser):
     parser.add_argument("--mp-start", type=int, default=0, help="MP stage: --prune-start")
     parser.add_argument("--mp-end", type=int, default=0, help="MP stage: --prune-end")
     parser.add_argument("--mp-frequency", type=int, default=100, help="MP stage: --prune-frequency")
-    parser.add_argument("--bleu", action="store_true", help="also score each level on the valid set (sacreBLEU)")
-    parser.add_argument("--generate-args", default="--beam 4 --batch-size 128 --remove-bpe sentencepiece",
-                        help="fairseq-generate options for --bleu")
+    parser.add_argument("--bleu", action="store_true",
+                        help="also score each level on the valid set (sacreBLEU on detokenized output, as results)")
+    parser.add_argument("--beam", type=int, default=4, help="--bleu: beam size")
+    parser.add_argument("--batch-size", type=int, default=128, help="--bleu: sentences a batch")
+    parser.add_argument("--remove-bpe", default="sentencepiece", help="--bleu: fairseq-generate --remove-bpe")
     parser.add_argument("--train-command", default=f"{sys.executable} -m fairseq_cli.train",
                         help="how to run fairseq-train, e.g. a cluster or torchrun wrapper (default: this Python's)")
     parser.add_argument("--generate-command", default=f"{sys.executable} -m fairseq_cli.generate",
@@ -241,16 +245,12 @@ class Driver:
         atomic_write_text("", os.path.join(folder, ".done"))
         return row
 
-    def bleu(self, checkpoint: str):
-        command = [*shlex.split(self.args.generate_command), self.args.train_args[0], "--path", checkpoint,
-                   "--user-dir", USER_DIR, "--task",
-                   "translation_slt", "--gen-subset", "valid", "--scoring", "sacrebleu", "--quiet",
-                   *self.args.generate_args.split()]
-        if "--cpu" in self.args.train_args:
-            command.append("--cpu")
-        output = subprocess.run(command, capture_output=True, text=True).stdout
-        scores = [line.split("BLEU = ")[1].split()[0] for line in output.splitlines() if "BLEU = " in line]
-        return float(scores[-1]) if scores else None
+    def bleu(self, checkpoint: str) -> float:
+        """Valid BLEU with the scorer results uses (sacreBLEU on detokenized output)."""
+        args = argparse.Namespace(generate_command=self.args.generate_command, data=self.args.train_args[0],
+                                  subset="valid", beam=self.args.beam, batch_size=self.args.batch_size,
+                                  remove_bpe=self.args.remove_bpe, references=None)
+        return scoring.generate_and_score(checkpoint, args)["bleu"]
 
 
 def _dies_with(parent: int):
