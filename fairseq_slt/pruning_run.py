@@ -15,6 +15,7 @@ from .master_weights import master_copies, sync_master_weights
 from .pruning import Mask, MaskEnforcer, UserError, magnitude_mask, prunable_parameters, random_mask
 from .pruning.reinit import constant_weights
 from .pruning.methods import method
+from .pruning.pattern import check_shapes, kept_per_group, parse_pattern, pattern_mask, random_pattern_mask
 from .pruning.schedule import Schedule
 from .ranks import all_ranks, weights_checksum
 from .run_options import parse_rewind_points, run_identity
@@ -38,6 +39,9 @@ class PruningRun:
         self.method, self.dictionaries = method(cfg.prune_method), dictionaries
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
+        self.pattern = parse_pattern(getattr(cfg, "prune_pattern", None))  # N:M, or None: unstructured
+        if self.pattern is not None:
+            check_shapes(self.params, self.pattern)
         self.enforcer = MaskEnforcer(self.params, zero_gradients=not getattr(cfg, "prune_dense_gradients", False))
         self.identity = run_identity(cfg, dictionaries)
         self.epoch, self.updates_done = 1, 0
@@ -55,6 +59,13 @@ class PruningRun:
             self._resume(resume)
         elif self.method.prunes:
             self._prepare(fresh_init)
+
+    def magnitude(self, weights, sparsity: float, previous: Optional[Mask]) -> Mask:
+        """The magnitude mask at ``sparsity``: unstructured (per layer or global), or N:M."""
+        if self.pattern is None:
+            return magnitude_mask(weights, sparsity, previous, self.cfg.prune_scope)
+        m = self.pattern[1]
+        return pattern_mask({n: w.detach().abs() for n, w in weights.items()}, kept_per_group(sparsity, m), m, previous)
 
     @property
     def schedule(self) -> Schedule:
@@ -136,8 +147,11 @@ class PruningRun:
         start_weights = rewind.model if rewind is not None else model_state
         scored = source.model if source is not None else start_weights
         weights = {name: scored[name] for name in self.params}
-        self.start_mask = magnitude_mask(weights, sparsity, previous, cfg.prune_scope)
-        if cfg.prune_random_mask:
+        self.start_mask = self.magnitude(weights, sparsity, previous)
+        if cfg.prune_random_mask and self.pattern is not None:
+            kept = kept_per_group(sparsity, self.pattern[1])
+            self.start_mask = random_pattern_mask(weights, kept, self.pattern[1], cfg.prune_seed, previous)
+        elif cfg.prune_random_mask:
             self.start_mask = random_mask(weights, self.start_mask, cfg.prune_seed, previous)
         start = fresh_init if cfg.prune_reinit else start_weights
         self.start_weights = {name: start[name] for name in model_state}
@@ -156,7 +170,7 @@ class PruningRun:
         self.masters = master_copies(optimizer)  # fixed for the optimizer's life: found once, used every step
         if started_from is Phase.NEW and self.method.prunes:
             if self.start_mask is None:  # mp with s_0 from the weights it starts with
-                self.start_mask = magnitude_mask(self.params, self.initial_sparsity, None, self.cfg.prune_scope)
+                self.start_mask = self.magnitude(self.params, self.initial_sparsity, None)
             if self.start_weights is not None:
                 torch.nn.Module.load_state_dict(self.model, self.start_weights, strict=True)
             if self.method.kept_weights == "constant":
@@ -195,7 +209,7 @@ class PruningRun:
         self._stats = None
         target = self.schedule.target_at(done)
         if target is not None:
-            self.enforcer.set_mask(magnitude_mask(self.params, target, self.mask, cfg.prune_scope))
+            self.enforcer.set_mask(self.magnitude(self.params, target, self.mask))
             self.check_ranks(f"update {done}")
         else:
             self.enforcer.apply()

@@ -23,7 +23,7 @@ LAST = "checkpoint_last.pt"
 # identity key -> the command-line option a user would change
 OPTIONS = {
     "method": "--prune-method", "mask_from": "--prune-mask-from", "rewind_from": "--prune-rewind-from",
-    "prune_sparsity": "--prune-sparsity", "prune_scope": "--prune-scope", "prune_params": "--prune-params",
+    "prune_sparsity": "--prune-sparsity", "prune_scope": "--prune-scope", "prune_pattern": "--prune-pattern", "prune_params": "--prune-params",
     "prune_initial_sparsity": "--prune-initial-sparsity", "prune_start": "--prune-start", "prune_end": "--prune-end",
     "prune_frequency": "--prune-frequency", "prune_random_mask": "--prune-random-mask",
     "prune_reinit": "--prune-reinit", "prune_clt_random_signs": "--prune-clt-random-signs",

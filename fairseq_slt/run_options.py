@@ -8,6 +8,7 @@ from typing import List, Optional
 from .pruning import UserError, check_sparsity
 from .pruning.magnitude import SCOPES
 from .pruning.methods import RANDOM_MASK, RANDOM_SIGNS, REINIT, TABLE, method
+from .pruning.pattern import kept_per_group, parse_pattern, pattern_sparsity
 from .pruning.schedule import check_schedule
 
 CONTROLS = (RANDOM_MASK, REINIT, RANDOM_SIGNS)
@@ -56,6 +57,16 @@ def validate_options(cfg, check_files: bool = True) -> None:
                             f"choose a method ({pruning}) or drop it")
         return
     check_sparsity(cfg.prune_sparsity, "--prune-sparsity")
+    pattern = parse_pattern(getattr(cfg, "prune_pattern", None))
+    if pattern is not None:
+        n, m = pattern
+        if cfg.prune_scope != "layer":
+            raise UserError(f"--prune-pattern {n}:{m} is a per-group mask: it takes --prune-scope layer")
+        if abs(cfg.prune_sparsity - pattern_sparsity(pattern)) > 1e-9:
+            raise UserError(f"--prune-pattern {n}:{m} keeps {n} of every {m} weights: --prune-sparsity must be "
+                            f"{pattern_sparsity(pattern):g}, got {cfg.prune_sparsity}")
+        if chosen.gradual and kept_per_group(cfg.prune_initial_sparsity, m) < n:
+            raise UserError(f"--prune-initial-sparsity {cfg.prune_initial_sparsity} keeps fewer than {n} of {m}")
     if chosen.gradual:
         check_schedule(cfg.prune_initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
                        cfg.prune_frequency)
@@ -76,6 +87,8 @@ def run_identity(cfg, dictionaries: Optional[str]) -> dict:
         identity.update({k: os.path.abspath(v) if v else None
                          for k, v in (("mask_from", cfg.prune_mask_from), ("rewind_from", cfg.prune_rewind_from))})
         identity.update({k: getattr(cfg, k) for k in ("prune_sparsity", "prune_scope", "prune_params")})
+        if getattr(cfg, "prune_pattern", None):  # only when given: the identities of unstructured runs are unchanged
+            identity["prune_pattern"] = cfg.prune_pattern
         if chosen.gradual:
             identity.update({k: getattr(cfg, k) for k in SCHEDULE_OPTIONS})
         identity.update({k: getattr(cfg, k) for k in CONTROLS if k in chosen.controls})

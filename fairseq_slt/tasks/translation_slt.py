@@ -30,6 +30,9 @@ class TranslationSLTConfig(TranslationConfig):
         "help": "fraction of each weight matrix to prune, in [0, 1) (the final sparsity s_T for mp)"})
     prune_scope: str = field(default="layer", metadata={
         "help": "layer: every weight matrix reaches the sparsity (paper); global: one threshold for all"})
+    prune_pattern: Optional[str] = field(default=None, metadata={
+        "help": "N:M (e.g. 2:4): in every group of M consecutive weights along a matrix's input dimension keep the "
+                "N largest (--prune-sparsity must be 1-N/M; mp ramps the kept count down to N); default: unstructured"})
     prune_params: Optional[str] = field(default=None, metadata={
         "help": "regex (re.search) narrowing the prunable weight matrices; default: all of dim >= 2"})
     prune_mask_from: Optional[str] = field(default=None, metadata={
