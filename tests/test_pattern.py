@@ -111,3 +111,20 @@ def test_fairseq_train_with_a_pattern_resumes_and_runs_on_two_ranks(data_bin, de
     save = str(tmp_path / "ranks")
     mask, _ = assert_two_ranks_agree_with_the_checkpoint(train_ranks(data_bin, save, *slt), save, 12)
     assert follows(mask, (2, 4))
+
+
+def test_iterate_takes_n_m_levels_each_inside_the_last(data_bin, dense_run, tmp_path):
+    from test_iterate import driver_args
+    from conftest import run_tool
+
+    work = str(tmp_path / "nm")
+    run_tool("fairseq-slt", *driver_args(work, "--levels", "0.5,0.75", "--rewind-k", "4", "--pattern-group", "4",
+                                        "--dense-dir", dense_run["dir"], data=data_bin, max_update=4))
+    half = _pattern_exact(os.path.join(work, "slt_0.5", "checkpoint_last.pt"), (2, 4))
+    quarter = _pattern_exact(os.path.join(work, "slt_0.75", "checkpoint_last.pt"), (1, 4))
+    assert quarter.within(half) and abs(quarter.sparsity() - 0.75) < 1e-9
+    refused = run_tool("fairseq-slt", *driver_args(str(tmp_path / "odd"), "--levels", "0.5,0.8", "--rewind-k", "4",
+                                                  "--pattern-group", "4", data=data_bin), check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "fairseq-slt iterate: error: --pattern-group 4: level 0.8 is not a whole number of weights of every 4 (use "
+        "levels k/4)"] and not os.path.exists(tmp_path / "odd")

@@ -45,6 +45,8 @@ def add_arguments(parser):
     parser.add_argument("--combine", choices=("none", *COMBINATIONS), default="none",
                         help="slt-mp: SLT levels up to --intermediate, then MP to the last level; "
                              "mp-slt: MP to --intermediate, then SLT levels above it")
+    parser.add_argument("--pattern-group", type=int, default=0, metavar="M",
+                        help="N:M levels: each level L keeps M*(1-L) of every M weights (--prune-pattern); 0: unstructured")
     parser.add_argument("--intermediate", type=float, help="the intermediate sparsity s_i of --combine")
     parser.add_argument("--mp-start", type=int, default=0, help="MP stage: --prune-start")
     parser.add_argument("--mp-end", type=int, default=0, help="MP stage: --prune-end")
@@ -113,6 +115,13 @@ def validate(args, levels):
             raise UserError(f"--{option.replace('_', '-')} is empty")
     if TABLE[args.method].rewind_to == "theta_k" and args.rewind_k <= 0:
         raise UserError(f"--method {args.method} needs --rewind-k > 0 (about 5 % of a run's updates)")
+    if args.pattern_group:
+        if args.pattern_group < 2:
+            raise UserError(f"--pattern-group must be at least 2, got {args.pattern_group}")
+        odd = [level for level in levels if abs(level * args.pattern_group - round(level * args.pattern_group)) > 1e-9]
+        if odd:
+            raise UserError(f"--pattern-group {args.pattern_group}: level {odd[0]} is not a whole number of weights "
+                            f"of every {args.pattern_group} (use levels k/{args.pattern_group})")
     if args.combine in COMBINATIONS:
         if args.intermediate is None:
             raise UserError(f"--combine {args.combine} needs --intermediate")
