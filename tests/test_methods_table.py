@@ -132,3 +132,13 @@ def test_mp_in_process_follows_its_schedule_and_never_unprunes(tmp_path):
         assert _exact(run)
         previous = run.mask
     assert abs(run.mask.sparsity() - 0.8) < 0.01
+
+
+def test_results_labels_n_m_runs_apart_from_unstructured_ones():
+    from fairseq_slt.cli.results import label_of
+
+    assert label_of({"method": "slt", "mask_from": "/runs/dense/checkpoint_best.pt", "prune_pattern": "2:4"},
+                    {"/runs/dense": {"method": "none"}}) == "slt 2:4"
+    assert label_of({"method": "mp", "prune_pattern": "2:4"}, {}) == "mp 2:4"
+    assert label_of({"method": "slt", "mask_from": "/runs/dense/checkpoint_best.pt"},
+                    {"/runs/dense": {"method": "none"}}) == "slt"

@@ -82,6 +82,8 @@ def label_of(identity: dict, identities: Dict[str, dict]) -> str:
         chain.append(parent.get("method"))
         source = parent.get("mask_from")
     label = methods.label(identity.get("method", "none"), chain)
+    if identity.get("prune_pattern"):  # an N:M run is its own column
+        label += f" {identity['prune_pattern']}"
     for key, name in CONTROLS:
         if identity.get(key):
             label += f" ({name})"
