@@ -1,4 +1,6 @@
-"""Where the plugin works around fairseq's own file handling (installed when fairseq loads the plugin).
+"""Every place the plugin works around fairseq itself, installed once by ``install()`` when fairseq loads
+the plugin (fairseq's files are never changed: the module attributes fairseq calls are wrapped).
+``tests/test_fairseq_assumptions.py`` fails if fairseq changes a behaviour one of these relies on.
 
 - ``checkpoint_utils.load_checkpoint_to_cpu``: compact files load directly (``compact_loading``).
 - ``file_io.PathManager.copy``: fairseq saves one checkpoint (``checkpoint_best.pt`` or an interval one)
@@ -15,6 +17,14 @@
   Refused in one line: on CPU, each rank is its own process (--distributed-no-spawn; ``fairseq-slt launch``).
 - ``checkpoint_utils.load_model_ensemble_and_task``: a --path that is missing or not a file ends in an
   IOError traceback (fairseq-generate, -interactive): one line instead.
+- ``distributed.utils.broadcast_object`` (``broadcast_fix``): rank 0 broadcasts a loaded checkpoint with
+  torch.save/load, which weights-only loading refuses on the other ranks: omegaconf's containers are
+  allowed while it is received.
+- fairseq's batch-prefetch threads (``clean_exit``): torn down inside a torch op at exit, they abort a
+  finished run (status -6); an exit hook lets them return first.
+- ``checkpoint_utils.save_checkpoint.best`` (``forget_inherited_best``): fairseq keeps the best validation
+  loss in a function attribute, which a run started from another run's checkpoint inherits.
+- fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
 """
 import inspect
 import os
@@ -23,7 +33,7 @@ import torch
 from fairseq import checkpoint_utils, file_io
 from fairseq.distributed import utils as distributed_utils
 
-from . import compact_loading
+from . import broadcast_fix, clean_exit, compact_loading
 from .pruning.io import atomic_save, atomic_write_stream, user_exit
 
 _fairseq_copy = None
@@ -35,6 +45,8 @@ _fairseq_load_ensemble = None
 def install() -> None:
     global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble
     compact_loading.install()
+    broadcast_fix.install()
+    clean_exit.install()
     if _fairseq_copy is None:
         _fairseq_copy = file_io.PathManager.copy
         file_io.PathManager.copy = staticmethod(atomic_copy)
@@ -58,6 +70,12 @@ def checked_load_ensemble(filenames, *args, **kwargs):
             raise user_exit(f"--path checkpoint {filename} {what}" if what != "not found"
                             else f"--path checkpoint not found: {filename}")
     return _fairseq_load_ensemble(filenames, *args, **kwargs)
+
+
+def forget_inherited_best() -> None:
+    """A new run tracks its own best loss, not one inherited from a --restore-file of another run."""
+    if hasattr(checkpoint_utils.save_checkpoint, "best"):
+        del checkpoint_utils.save_checkpoint.best
 
 
 def checked_call_main(cfg, main, **kwargs):

@@ -6,12 +6,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from fairseq import checkpoint_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import broadcast_fix, clean_exit, sparse_inference
+from .. import fairseq_patches, sparse_inference
 from ..pruning.io import UserError, user_exit
 from ..pruning_run import Phase, PruningRun
 from ..pruning.methods import help_text
@@ -90,8 +89,7 @@ class TranslationSLTTask(TranslationTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
-        clean_exit.install()
-        broadcast_fix.install()
+        fairseq_patches.install()  # installed at import already; here too for a task built by other code
         if not kwargs.get("from_checkpoint"):
             try:
                 validate_options(cfg)
@@ -152,9 +150,8 @@ class TranslationSLTTask(TranslationTask):
             started = self.pruning.start(update_num, optimizer) if self.pruning is not None else None
         except UserError as err:
             raise _user_error(err) from None
-        if started is Phase.NEW and hasattr(checkpoint_utils.save_checkpoint, "best"):
-            # a new run tracks its own best loss, not one inherited from a --restore-file of another run
-            del checkpoint_utils.save_checkpoint.best
+        if started is Phase.NEW:
+            fairseq_patches.forget_inherited_best()
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def optimizer_step(self, optimizer, model, update_num):

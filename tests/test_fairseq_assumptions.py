@@ -1,0 +1,73 @@
+"""What the plugin assumes of fairseq, one test each: if fairseq changes one of these, a test here fails and
+names the workaround in fairseq_slt/fairseq_patches.py (or the glue) that must be revisited."""
+import inspect
+
+import fairseq_slt  # noqa: F401  (with fairseq loaded: installs the patches)
+from fairseq import checkpoint_utils, file_io
+from fairseq.data import iterators
+from fairseq.distributed import utils as distributed_utils
+from fairseq_slt import fairseq_patches
+from fairseq_slt.checkpoints import TASK_KEY
+from fairseq_slt.tasks.translation_slt import TranslationSLTTask
+
+fairseq_patches.install()  # what importing the plugin does once fairseq is loaded
+Trainer = __import__("fairseq.trainer").trainer.Trainer
+
+
+def _source(function):
+    return inspect.getsource(function)
+
+
+def test_patches_are_installed_once_on_the_attributes_fairseq_calls():
+    fairseq_patches.install()
+    fairseq_patches.install()
+    assert checkpoint_utils.torch_persistent_save is fairseq_patches.atomic_persistent_save
+    assert file_io.PathManager.copy is fairseq_patches.atomic_copy
+    assert distributed_utils.call_main is fairseq_patches.checked_call_main
+    assert checkpoint_utils.load_model_ensemble_and_task is fairseq_patches.checked_load_ensemble
+
+
+def test_fairseq_saves_one_checkpoint_then_copies_it_with_pathmanager_copy():
+    source = _source(checkpoint_utils.save_checkpoint)
+    assert "trainer.save_checkpoint(checkpoints[0]" in source and "PathManager.copy(" in source
+    assert "checkpoint_utils.torch_persistent_save(" in _source(Trainer.save_checkpoint)
+    assert list(inspect.signature(fairseq_patches._fairseq_save).parameters) == ["obj", "filename", "async_write"]
+    assert list(inspect.signature(fairseq_patches._fairseq_copy).parameters)[:3] == ["src_path", "dst_path", "overwrite"]
+
+
+def test_fairseq_spawns_one_process_per_gpu_and_looks_call_main_up_at_call_time():
+    source = _source(fairseq_patches._fairseq_call_main)
+    assert "nprocs=min(" in source and "torch.cuda.device_count()" in source
+    import fairseq_cli.train
+    assert "distributed_utils.call_main(cfg, main)" in _source(fairseq_cli.train.cli_main)
+
+
+def test_fairseq_loads_models_through_the_module_level_function_it_checks_paths_in():
+    parameters = inspect.signature(fairseq_patches._fairseq_load_ensemble).parameters
+    assert list(parameters)[:1] == ["filenames"] and {"suffix", "num_shards", "state"} <= set(parameters)
+    assert "load_model_ensemble_and_task(" in _source(checkpoint_utils.load_model_ensemble)
+
+
+def test_fairseq_files_task_state_under_the_task_class_name():
+    assert TASK_KEY == TranslationSLTTask.__name__
+    assert "trainer.task.get_checkpoint_dict()" in _source(checkpoint_utils.save_checkpoint)
+    assert "extra_state.get(trainer.task.__class__.__name__" in _source(checkpoint_utils.load_checkpoint)
+
+
+def test_fairseq_keeps_the_best_loss_in_a_function_attribute():
+    assert "save_checkpoint.best = " in _source(checkpoint_utils.save_checkpoint)
+    assert "save_checkpoint.best = extra_state[\"best\"]" in _source(checkpoint_utils.load_checkpoint)
+    checkpoint_utils.save_checkpoint.best = 1.0
+    fairseq_patches.forget_inherited_best()
+    assert not hasattr(checkpoint_utils.save_checkpoint, "best")
+
+
+def test_fairseq_prefetch_threads_have_the_fields_the_exit_hook_drains():
+    init = _source(iterators.BackgroundConsumer.__init__)
+    assert "self._queue = queue" in init and "self._max_len = max_len" in init
+    assert "self._max_len is not None and self.count >= self._max_len" in _source(iterators.BackgroundConsumer.run)
+
+
+def test_fairseq_broadcasts_a_loaded_checkpoint_through_broadcast_object():
+    assert "distributed_utils.broadcast_object(" in _source(Trainer.load_checkpoint)
+    assert hasattr(distributed_utils, "_TensorPlaceholder")
