@@ -308,3 +308,26 @@ def test_several_processes_on_cpu_are_refused_once_before_any_starts(data_bin, t
                    "--ddp-backend", "legacy_ddp", check=False)
     _check("spawn on CPU", result.returncode, result.stderr, None, before, _snapshot(str(tmp_path)),
            "fairseq-slt: error: --distributed-world-size 2 without a GPU")
+
+
+def test_no_output_is_replaced_without_force(dense_run, slt_run, tmp_path):
+    """Each subcommand's outputs: an existing one is refused (one line, status 2, untouched) without --force."""
+    existing = tmp_path / "existing"
+    existing.write_text("mine")
+    cases = {
+        "analyze --json": ["analyze", slt_run["best"], "--json", str(existing)],
+        "analyze --plot": ["analyze", slt_run["best"], "--plot", str(existing)],
+        "compress OUTPUT": ["compress", slt_run["best"], str(existing)],
+        "compress --json": ["compress", slt_run["best"], str(tmp_path / "new.pt"), "--json", str(existing)],
+        "decompress OUTPUT": ["decompress", slt_run["best"], str(existing)],
+        "export-ct2 OUT_DIR": ["export-ct2", slt_run["best"], str(existing), "--no-verify"],
+        "results --json": ["results", slt_run["dir"], "--no-score", "--json", str(existing)],
+        "curve --json": ["curve", dense_run["dir"], "--references-dir", str(tmp_path), "--tgt", "de", "--json",
+                         str(existing)],
+    }
+    for label, argv in cases.items():
+        before = _snapshot(str(tmp_path))
+        result = _in_process(argv)
+        _check(label, *result, before, _snapshot(str(tmp_path)), f"fairseq-slt {argv[0]}: error: ")
+        assert "exists" in result[1] and "--force" in result[1], (label, result[1])
+        assert existing.read_text() == "mine"

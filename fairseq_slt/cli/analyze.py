@@ -6,9 +6,10 @@ from typing import Dict
 import torch
 
 from ..checkpoints import Checkpoint, unique_tensors
-from . import figures
 from ..pruning import Mask, UserError, atomic_write_json, safe_load
+from ..pruning.io import refuse_overwrite
 from ..pruning.mask import MASK_FORMAT
+from . import figures
 
 
 def add_arguments(parser):
@@ -18,6 +19,7 @@ def add_arguments(parser):
                         help="sign agreement of TRAINED's kept weights with REWIND's (repeatable)")
     parser.add_argument("--json", help="write the report as JSON here")
     parser.add_argument("--plot", help="write a per-layer sparsity plot (PNG) here")
+    parser.add_argument("--force", action="store_true", help="overwrite --json and --plot if they exist")
 
 
 def _weight_matrices(model: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -124,6 +126,9 @@ def plot(result: dict, paths, target: str) -> None:
 
 
 def main(args):
+    for output in (args.json, args.plot):
+        if output:
+            refuse_overwrite(output, args.force)
     result = report(args.inputs, args.signs)
     print_table(result, args.inputs)
     if args.json:
