@@ -14,11 +14,12 @@ import time
 from typing import List, Optional
 
 from .checkpoints import Checkpoint
-from .pruning import UserError, atomic_write_json, atomic_write_stream
+from .pruning import UserError, atomic_write_json, atomic_write_stream, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
+DONE = ".done"  # written when a run or stage has finished (by iterate and the recipes' train_stage)
 LAST = "checkpoint_last.pt"
 # identity key -> the command-line option a user would change
 OPTIONS = {
@@ -50,22 +51,40 @@ def lock(folder: str, what: str = "save dir") -> None:
     _held[path] = fd
 
 
-def recorded_identity(save_dir: str) -> Optional[dict]:
-    """The identity of the run that owns ``save_dir``: from run.json, else from its checkpoint_last.pt
-    (dirs written before run.json existed: its stored options; a checkpoint without plugin state is a
-    dense run). None for a dir no run has claimed yet."""
+def read_manifest(save_dir: str, hint: str = "it records which run owns this folder") -> Optional[dict]:
+    """The record of the run that owns ``save_dir`` (identity, command, when it started): run.json, else
+    for dirs written before run.json existed the identity stored in checkpoint_last.pt (a checkpoint
+    without plugin state is a dense run). None for a dir no run has claimed yet; ``hint``: what the
+    one-line error about a broken run.json tells the user to do."""
     manifest = os.path.join(save_dir, MANIFEST)
     if os.path.isfile(manifest):
         try:
             with open(manifest) as handle:
-                return json.load(handle)["identity"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{manifest} is unreadable; it records which run owns {save_dir}") from None
+                recorded = json.load(handle)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise UserError(f"{manifest} is not a readable JSON file ({type(err).__name__}): {hint}") from None
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("identity"), dict):
+            raise UserError(f"{manifest} has no run identity: {hint}")
+        return recorded
     last = os.path.join(save_dir, LAST)
     if os.path.isfile(last):
         state = Checkpoint(last, "checkpoint", mmap=True).task_state
-        return state.get("identity") or state.get("fingerprint") or {"method": "none"}
+        return {"identity": state.get("identity") or state.get("fingerprint") or {"method": "none"}, "command": None}
     return None
+
+
+def recorded_identity(save_dir: str) -> Optional[dict]:
+    record = read_manifest(save_dir)
+    return record["identity"] if record is not None else None
+
+
+def is_done(folder: str) -> bool:
+    """A run or stage the recipes, iterate and results count as finished (its ``.done`` marker)."""
+    return os.path.isfile(os.path.join(folder, DONE))
+
+
+def mark_done(folder: str) -> None:
+    atomic_write_text("", os.path.join(folder, DONE))
 
 
 def differences(recorded: dict, current: dict) -> List[str]:

@@ -16,7 +16,7 @@ import time
 
 from .. import run_dir
 from ..checkpoints import Checkpoint, rewind_point_path
-from ..pruning import UserError, atomic_write_json, atomic_write_text
+from ..pruning import UserError, atomic_write_json
 from ..pruning.methods import COMBINABLE, COMBINED, TABLE
 from ..pruning.schedule import check_schedule
 from . import scoring
@@ -196,7 +196,7 @@ class Driver:
         return 0
 
     def finished(self, stage: Stage) -> bool:
-        return os.path.isfile(os.path.join(self.dir(stage.name), ".done"))
+        return run_dir.is_done(self.dir(stage.name))
 
     def settings(self, stage: Stage):
         """The stage's command without --train-command: what its results were made with."""
@@ -251,7 +251,7 @@ class Driver:
         atomic_write_json({"method": self.args.method, "rewind_source": self.args.rewind_source,
                            "combine": self.args.combine, "stages": [self.rows[s.name] for s in self.stages
                                                                      if s.name in self.rows]}, self.summary_path)
-        atomic_write_text("", os.path.join(folder, ".done"))
+        run_dir.mark_done(folder)
         return row
 
     def bleu(self, checkpoint: str) -> float:

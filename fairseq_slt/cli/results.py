@@ -5,19 +5,18 @@ a recipe's WORK). Each finished run's checkpoint is scored once with fairseq-gen
 score is cached beside the checkpoint (``scores.json``) and reused while the checkpoint and the scoring
 options are unchanged.
 """
-import json
 import os
 import sys
 from typing import Dict, List, Optional
 
+from .. import run_dir
 from ..checkpoints import Checkpoint, unique_tensors
-from . import claims, report
-from ..pruning import methods
-from .report import CONTROLS
-from .scoring import score
-from ..pruning import UserError, atomic_write_json, atomic_write_text
+from ..pruning import UserError, atomic_write_json, atomic_write_text, methods
 from ..pruning.io import refuse_overwrite
 from ..run_dir import LAST, MANIFEST
+from . import claims, report
+from .report import CONTROLS
+from .scoring import score
 
 
 
@@ -58,20 +57,8 @@ def find_runs(folders: List[str]) -> List[str]:
 
 
 def identity_of(run: str) -> dict:
-    manifest = os.path.join(run, MANIFEST)
-    if os.path.isfile(manifest):
-        try:
-            with open(manifest) as handle:
-                recorded = json.load(handle)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{manifest} is not a readable JSON file ({type(err).__name__}): "
-                               "restore it, or move the run out of the folders given") from None
-        if not isinstance(recorded, dict) or not isinstance(recorded.get("identity"), dict):
-            raise UserError(f"{manifest} has no run identity: restore it, or move the run out of the folders given")
-        return recorded
-    last = os.path.join(run, LAST)
-    state = Checkpoint(last, "checkpoint", mmap=True).task_state if os.path.isfile(last) else {}
-    return {"identity": state.get("identity") or state.get("fingerprint") or {"method": "none"}, "command": None}
+    return run_dir.read_manifest(run, "restore it, or move the run out of the folders given") or {
+        "identity": {"method": "none"}, "command": None}
 
 
 def label_of(identity: dict, identities: Dict[str, dict]) -> str:
@@ -92,7 +79,7 @@ def label_of(identity: dict, identities: Dict[str, dict]) -> str:
 
 def finished(run: str) -> Optional[str]:
     """None when the run is finished; else why not."""
-    if os.path.isfile(os.path.join(run, ".done")):
+    if run_dir.is_done(run):
         return None
     last = os.path.join(run, LAST)
     if not os.path.isfile(last):
