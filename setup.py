@@ -14,6 +14,6 @@ setup(
         "sacrebleu>=2.0",
         "sentencepiece>=0.1.99",
     ],
-    extras_require={"plot": ["matplotlib"], "test": ["pytest"], "ct2": ["ctranslate2>=4.0"]},
+    extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-xdist"], "ct2": ["ctranslate2>=4.0"]},
     entry_points={"console_scripts": ["fairseq-slt=fairseq_slt.cli.main:main"]},
 )

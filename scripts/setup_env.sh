@@ -19,7 +19,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$py" -c "import torch" 2>/dev/null || "$py" -m pip install -q "$torch_spec" >&2
   "$py" -m pip install -q numpy cython >&2
   # fairseq-fixed compiles extensions against the installed torch: no build isolation
-  "$py" -m pip install -q --no-build-isolation "fairseq-fixed==0.12.3.1" sacrebleu sentencepiece pytest matplotlib tensorboard tensorboardX \
+  "$py" -m pip install -q --no-build-isolation "fairseq-fixed==0.12.3.1" sacrebleu sentencepiece pytest pytest-xdist matplotlib tensorboard tensorboardX \
     "ctranslate2>=4.0" >&2  # the optional extra 'ct2' (fairseq-slt export-ct2), tested with the rest
   "$py" -m pip install -q --no-build-isolation --no-deps -e "$root" >&2
   "$venv/bin/fairseq-slt" link-user-dir >&2

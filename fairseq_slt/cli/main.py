@@ -37,11 +37,11 @@ def _link_user_dir() -> int:
     if os.path.realpath(target) == os.path.realpath(source):
         print(f"{target} is the plugin already")
         return 0
-    if os.path.lexists(target):
-        if not os.path.islink(target):
-            sys.exit(f"fairseq-slt link-user-dir: error: {target} exists and is not a link; remove it first")
-        os.remove(target)
-    os.symlink(source, target)
+    if os.path.lexists(target) and not os.path.islink(target):
+        sys.exit(f"fairseq-slt link-user-dir: error: {target} exists and is not a link; remove it first")
+    link = f"{target}.{os.getpid()}.tmp"  # made beside and renamed over: two processes linking at once both succeed
+    os.symlink(source, link)
+    os.replace(link, target)
     print(f"linked {target} -> {source}")
     return 0
 
