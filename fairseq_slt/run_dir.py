@@ -15,21 +15,13 @@ from typing import List, Optional
 
 from .checkpoints import Checkpoint
 from .pruning import UserError, atomic_write_json, atomic_write_stream, atomic_write_text
+from .run_options import option_of
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "run.json"
 DONE = ".done"  # written when a run or stage has finished (by iterate and the recipes' train_stage)
 LAST = "checkpoint_last.pt"
-# identity key -> the command-line option a user would change
-OPTIONS = {
-    "method": "--prune-method", "mask_from": "--prune-mask-from", "rewind_from": "--prune-rewind-from",
-    "prune_sparsity": "--prune-sparsity", "prune_scope": "--prune-scope", "prune_pattern": "--prune-pattern", "prune_params": "--prune-params",
-    "prune_initial_sparsity": "--prune-initial-sparsity", "prune_start": "--prune-start", "prune_end": "--prune-end",
-    "prune_frequency": "--prune-frequency", "prune_random_mask": "--prune-random-mask",
-    "prune_reinit": "--prune-reinit", "prune_clt_random_signs": "--prune-clt-random-signs",
-    "prune_seed": "--prune-seed", "prune_dense_gradients": "--prune-dense-gradients", "seed": "--seed", "dictionaries": "the data's dictionaries",
-}
 
 _held = {}  # path -> fd: locks live as long as the process
 
@@ -92,7 +84,7 @@ def differences(recorded: dict, current: dict) -> List[str]:
     lines = []
     for key in [k for k in current if k in recorded]:
         if recorded[key] != current[key]:
-            lines.append(f"{OPTIONS.get(key, key)} {_show(recorded[key])} there, {_show(current[key])} here")
+            lines.append(f"{option_of(key)} {_show(recorded[key])} there, {_show(current[key])} here")
     return lines
 
 

@@ -80,6 +80,15 @@ def validate_options(cfg, check_files: bool = True) -> None:
             raise UserError(f"{option} checkpoint not found: {path}")
 
 
+NAMED = {"method": "--prune-method", "mask_from": "--prune-mask-from", "rewind_from": "--prune-rewind-from",
+         "dictionaries": "the data's dictionaries"}  # identity keys that are not the option's own field name
+
+
+def option_of(key: str) -> str:
+    """The command-line option (or input) a user changes to change an identity key."""
+    return NAMED.get(key, "--" + key.replace("_", "-"))
+
+
 def run_identity(cfg, dictionaries: Optional[str]) -> dict:
     """What makes a run this run (recorded in its save dir and checkpoints; see run_dir)."""
     identity, chosen = {"method": cfg.prune_method}, method(cfg.prune_method)
