@@ -10,6 +10,7 @@ is refused. Every stage skips itself when its output exists, so an interrupted p
 """
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ import subprocess
 import sys
 import urllib.request
 
-from ..pruning import Failure, UserError, atomic_write_json, atomic_write_stream, atomic_write_text
+from ..pruning import Failure, UserError, atomic_write_json, atomic_write_stream
+from ..pruning.io import atomic_write_lines
 
 UPSTREAM = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K = {"train": "train", "valid": "val", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
@@ -44,14 +46,27 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, default=2, help="threads for SentencePiece and fairseq-preprocess")
 
 
-def _read_lines(path):
+def _lines(path):
+    """The file's lines (without their newline), streamed; gzip when the name ends in .gz."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
-            return [line.rstrip("\n") for line in handle]
+            for line in handle:
+                yield line.rstrip("\n")
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
         raise UserError(f"{path} is not UTF-8 text{' in gzip' if path.endswith('.gz') else ''} "
                         f"({type(err).__name__})") from None
+
+
+def _side(paths, limit):
+    """The lines of one side of a split: its files concatenated, the first ``limit`` (0: all)."""
+    count = 0
+    for path in paths:
+        for line in _lines(path):
+            if limit and count >= limit:
+                return
+            count += 1
+            yield line
 
 
 def _fetch(raw_dir, name, download_dir):
@@ -102,34 +117,58 @@ def splits(args):
             for split, name in MULTI30K.items()}
 
 
-def read_texts(args, sources):
-    """split -> lang -> lines, as they will be written; every check on the text happens here."""
-    texts = {}
+class Digest:
+    """A side's line count and a digest of its text, in one pass."""
+
+    def __init__(self, lines, characters=None):
+        digest, self.count = hashlib.sha256(), 0
+        for line in lines:  # sha256 of the lines joined by newlines
+            digest.update((b"\n" if self.count else b"") + line.encode())
+            self.count += 1
+            if characters is not None:
+                characters.update(line)
+        self.hex = digest.hexdigest()[:16]
+
+
+def scan(args, sources) -> dict:
+    """Reads every input once, without keeping it, and checks it: split -> lang -> Digest. Nothing is written."""
+    scanned, characters = {}, set()
     for split, files in sources.items():
         limit = args.train_lines if split == "train" else args.eval_lines
-        texts[split] = {}
+        scanned[split] = {}
         for lang, paths in files.items():
-            lines = [line for path in paths for line in _read_lines(path)]
-            texts[split][lang] = lines[:limit] if limit else lines
-            if not texts[split][lang]:
+            # SentencePiece keeps every character of the text it is trained on (a sample, with --spm-sample)
+            sample = characters if split == "train" else None
+            lines = _side(paths, limit)
+            if sample is not None and args.spm_sample:
+                lines = _counting_sample(lines, args.spm_sample, characters)
+                sample = None
+            scanned[split][lang] = Digest(lines, sample)
+            if not scanned[split][lang].count:
                 raise UserError(f"{split}: {', '.join(paths)} holds no lines")
-        lengths = {lang: len(lines) for lang, lines in texts[split].items()}
+        lengths = {lang: d.count for lang, d in scanned[split].items()}
         if len(set(lengths.values())) > 1:
             raise UserError(f"{split}: the two sides have different numbers of lines {lengths}")
-    characters = {c for lang in (args.src, args.tgt) for line in texts["train"][lang] for c in line if c != " "}
-    if args.vocab_size <= len(characters):  # SentencePiece keeps every character, and <unk>
+    characters.discard(" ")
+    if args.vocab_size <= len(characters):
         raise UserError(f"--vocab-size {args.vocab_size} is too small: the training text has {len(characters)} "
                         f"distinct characters, and SentencePiece keeps each of them and <unk> (use at least "
                         f"{len(characters) + 1})")
-    return texts
+    return scanned
 
 
-def plan_of(args, texts) -> dict:
+def _counting_sample(lines, sample, characters):
+    for number, line in enumerate(lines):
+        if number < sample:
+            characters.update(line)
+        yield line
+
+
+def plan_of(args, scanned) -> dict:
     """What this preparation writes, as recorded in OUT/prepare.json and compared with a rerun's."""
-    digest = lambda lines: hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]  # noqa: E731
     return {"format": "fairseq-slt-prepare", "version": 1, "src": args.src, "tgt": args.tgt,
             "vocab_size": args.vocab_size, "spm_sample": args.spm_sample,
-            "text": {f"{split}.{lang}": digest(lines) for split, sides in texts.items() for lang, lines in sides.items()}}
+            "text": {f"{split}.{lang}": d.hex for split, sides in scanned.items() for lang, d in sides.items()}}
 
 
 def check_out(out, plan=None):
@@ -164,7 +203,19 @@ def check_out(out, plan=None):
 
 
 def _digest_file(path):
-    return hashlib.sha256("\n".join(_read_lines(path)).encode()).hexdigest()[:16] if os.path.isfile(path) else None
+    return Digest(_lines(path)).hex if os.path.isfile(path) else None
+
+
+def _encoded(processor, lines, chunk=10000):
+    """SentencePiece pieces of each line, joined by spaces; encoded a chunk at a time (its batch call is
+    multithreaded), so a large corpus is never held whole."""
+    batch = []
+    for line in itertools.chain(lines, [None]):
+        if line is not None:
+            batch.append(line)
+        if batch and (line is None or len(batch) == chunk):
+            yield from (" ".join(pieces) for pieces in processor.encode(batch, out_type=str))
+            batch = []
 
 
 def prepare(args):
@@ -173,18 +224,19 @@ def prepare(args):
     check_options(args)
     check_out(args.out)
     sources = splits(args)
-    texts = read_texts(args, sources)
-    plan = plan_of(args, texts)
+    scanned = scan(args, sources)
+    plan = plan_of(args, scanned)
     check_out(args.out, plan)
     # every check done: from here on, writes (each stage skips itself when its output exists)
     text_dir, spm_dir = os.path.join(args.out, "text"), os.path.join(args.out, "spm")
     if not os.path.isfile(os.path.join(args.out, MANIFEST)):
         atomic_write_json(plan, os.path.join(args.out, MANIFEST))
-    for split, sides in texts.items():
-        for lang, lines in sides.items():
+    for split, files in sources.items():
+        limit = args.train_lines if split == "train" else args.eval_lines
+        for lang, paths in files.items():
             target = os.path.join(text_dir, f"{split}.{lang}")
             if not os.path.exists(target):
-                atomic_write_text("".join(line + "\n" for line in lines), target)
+                atomic_write_lines(_side(paths, limit), target)
 
     model_prefix = os.path.join(args.out, "spm")
     if not os.path.exists(model_prefix + ".model"):
@@ -204,17 +256,16 @@ def prepare(args):
         os.replace(partial + ".vocab", model_prefix + ".vocab")
         os.replace(partial + ".model", model_prefix + ".model")
     processor = spm.SentencePieceProcessor(model_file=model_prefix + ".model")
-    for split, sides in texts.items():
-        for lang, lines in sides.items():
+    for split in sources:
+        for lang in (args.src, args.tgt):
             target = os.path.join(spm_dir, f"{split}.{lang}")
             if not os.path.exists(target):
-                pieces = processor.encode(lines, out_type=str)
-                atomic_write_text("".join(" ".join(p) + "\n" for p in pieces), target)
+                atomic_write_lines(_encoded(processor, _lines(os.path.join(text_dir, f"{split}.{lang}"))), target)
 
     dest = os.path.join(args.out, "data-bin")
     if not os.path.exists(os.path.join(dest, "preprocess.log")):
         prefix = lambda split: os.path.join(spm_dir, split)  # noqa: E731
-        tests = [split for split in texts if split.startswith("test")]
+        tests = [split for split in sources if split.startswith("test")]
         tool = shutil.which("fairseq-preprocess")  # else this Python's (a virtualenv not on PATH)
         command = [
             *([tool] if tool else [sys.executable, "-m", "fairseq_cli.preprocess"]),

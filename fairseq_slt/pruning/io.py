@@ -121,6 +121,14 @@ def atomic_write_text(text: str, path: str) -> None:
     _atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+def atomic_write_lines(lines, path: str) -> None:
+    """Each line and a newline, streamed (a large corpus is never held whole)."""
+    def write(handle):
+        for line in lines:
+            handle.write(line.encode() + b"\n")
+    _atomic_write(path, write)
+
+
 def atomic_write_stream(source, path: str) -> None:
     """Copies an open binary stream (a download, another file) to ``path`` atomically."""
     import shutil
