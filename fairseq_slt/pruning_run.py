@@ -2,6 +2,7 @@
 
 Called by the ``translation_slt`` task; holds no fairseq import so it can be tested directly.
 """
+import dataclasses
 import enum
 import logging
 import os
@@ -29,6 +30,14 @@ class Phase(enum.Enum):
     RUNNING = "running"
 
 
+@dataclasses.dataclass(frozen=True)
+class StartPlan:
+    """What a new pruning run applies before its first update, computed once when the run is built."""
+    mask: Optional[Mask]  # None: from the weights the run starts with (mp without a mask source), at the start
+    weights: Optional[Dict[str, torch.Tensor]]  # the rewind point's (or a fresh init's); None: the model's own
+    sparsity: float  # the starting mask's sparsity
+
+
 class PruningRun:
     """``fresh_init``: a seeded fairseq initialisation of the model, for the --prune-reinit control;
     ``dictionaries``: a digest of the run's source and target dictionaries."""
@@ -49,8 +58,7 @@ class PruningRun:
         self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
         self.initial_sparsity = float(cfg.prune_initial_sparsity)  # mp: s_0 of the schedule
-        self.start_mask: Optional[Mask] = None  # NEW: applied at the first update (None: from the start weights)
-        self.start_weights: Optional[Dict[str, torch.Tensor]] = None  # NEW: the rewind point's weights
+        self.plan: Optional[StartPlan] = None  # a new pruning run's mask and weights, applied at the first update
         owned = run_dir.claim(cfg.save_dir, self.identity, self.is_master)
         resume = self._checkpoint_to_resume(owned)
         self.phase = Phase.RESUME if resume is not None else Phase.NEW
@@ -58,7 +66,7 @@ class PruningRun:
         if resume is not None:
             self._resume(resume)
         elif self.method.prunes:
-            self._prepare(fresh_init)
+            self.plan = self._prepare(fresh_init)
 
     def magnitude(self, weights, sparsity: float, previous: Optional[Mask]) -> Mask:
         """The magnitude mask at ``sparsity``: unstructured (per layer or global), or N:M."""
@@ -121,7 +129,7 @@ class PruningRun:
             raise UserError(f"{option} checkpoint {path} holds NaN or infinite weights in {broken}")
         return checkpoint
 
-    def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> None:
+    def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> StartPlan:
         cfg, model_state = self.cfg, self.model.state_dict()
         source = self._load(cfg.prune_mask_from, "--prune-mask-from", model_state)
         rewind = self._load(cfg.prune_rewind_from, "--prune-rewind-from", model_state)
@@ -143,21 +151,21 @@ class PruningRun:
             self.initial_sparsity = sparsity
         if source is None and rewind is None:  # mp from the weights the run starts with, known only at start()
             logger.info(f"{self.method}: starting mask at sparsity {sparsity:.4f} from the weights the run starts with")
-            return
+            return StartPlan(None, None, sparsity)
         start_weights = rewind.model if rewind is not None else model_state
         scored = source.model if source is not None else start_weights
         weights = {name: scored[name] for name in self.params}
-        self.start_mask = self.magnitude(weights, sparsity, previous)
+        mask = self.magnitude(weights, sparsity, previous)
         if cfg.prune_random_mask and self.pattern is not None:
             kept = kept_per_group(sparsity, self.pattern[1])
-            self.start_mask = random_pattern_mask(weights, kept, self.pattern[1], cfg.prune_seed, previous)
+            mask = random_pattern_mask(weights, kept, self.pattern[1], cfg.prune_seed, previous)
         elif cfg.prune_random_mask:
-            self.start_mask = random_mask(weights, self.start_mask, cfg.prune_seed, previous)
+            mask = random_mask(weights, mask, cfg.prune_seed, previous)
         start = fresh_init if cfg.prune_reinit else start_weights
-        self.start_weights = {name: start[name] for name in model_state}
-        logger.info(f"{self.method}: starting mask at sparsity {self.start_mask.sparsity():.4f}"
+        logger.info(f"{self.method}: starting mask at sparsity {mask.sparsity():.4f}"
                     f"{' (random)' if cfg.prune_random_mask else ''} from {source.path if source else 'the start weights'}; "
                     f"weights from {'a fresh init' if cfg.prune_reinit else rewind.path if rewind else 'the model init'}")
+        return StartPlan(mask, {name: start[name] for name in model_state}, sparsity)
 
     # training hooks
     def start(self, update_num: int, optimizer=None) -> Optional[Phase]:
@@ -168,14 +176,14 @@ class PruningRun:
         started_from, self.phase = self.phase, Phase.RUNNING
         self.updates_done = update_num
         self.masters = master_copies(optimizer)  # fixed for the optimizer's life: found once, used every step
-        if started_from is Phase.NEW and self.method.prunes:
-            if self.start_mask is None:  # mp with s_0 from the weights it starts with
-                self.start_mask = self.magnitude(self.params, self.initial_sparsity, None)
-            if self.start_weights is not None:
-                torch.nn.Module.load_state_dict(self.model, self.start_weights, strict=True)
+        if started_from is Phase.NEW and self.plan is not None:
+            if self.plan.weights is not None:
+                torch.nn.Module.load_state_dict(self.model, self.plan.weights, strict=True)
+            mask = self.plan.mask  # else mp's s_0 from the weights it starts with
+            mask = mask if mask is not None else self.magnitude(self.params, self.initial_sparsity, None)
             if self.method.kept_weights == "constant":
-                self._set_constant_weights()
-            self.enforcer.set_mask(self.start_mask)
+                self._set_constant_weights(mask)
+            self.enforcer.set_mask(mask)
             if sync_master_weights(self.masters):
                 logger.info("copied the rewound weights into the optimizer's fp32 master weights")
         elif self.mask is not None:  # resumed: the restored weights must already respect the stored mask
@@ -185,7 +193,7 @@ class PruningRun:
                                "zeroed them")
             self.enforcer.apply()
             self.enforcer.apply_to_copies(self.masters)
-        self.start_mask = self.start_weights = None
+        self.plan = None  # applied: the weights it held are not kept
         self._stats = None
         self.check_ranks(f"the {started_from.value} run's start", weights=True)
         if self.is_master:
@@ -196,9 +204,9 @@ class PruningRun:
         return started_from
 
     @torch.no_grad()
-    def _set_constant_weights(self) -> None:
+    def _set_constant_weights(self, mask: Mask) -> None:
         seed = self.cfg.prune_seed if self.cfg.prune_clt_random_signs else None
-        for name, value in constant_weights(self.params, self.start_mask, seed).items():
+        for name, value in constant_weights(self.params, mask, seed).items():
             self.params[name].copy_(value)
 
     def after_step(self, update_num: int) -> None:

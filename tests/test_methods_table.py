@@ -102,12 +102,14 @@ def test_an_slt_run_in_process_starts_from_its_mask_and_rewind_point_and_stays_e
     model = Tiny()
     run = PruningRun(cfg, model, lambda: config)
     assert run.phase is Phase.NEW and run.identity == run_identity(cfg, None)
+    assert run.plan.sparsity == 0.75 and set(run.plan.weights) == set(model.state_dict())  # computed once, here
     expected = magnitude_mask({n: p for n, p in dense.named_parameters() if n.endswith("weight")}, 0.75, None, "layer")
     make = {"adam": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
             "sgd": lambda p: torch.optim.SGD(p, lr=0.1), "nag": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9,
                                                                                           nesterov=True)}[optimizer]
     opt = make(model.parameters())
     run.start(0, opt)
+    assert run.plan is None  # applied, and not kept
     kept = {n: p for n, p in rewind.named_parameters()}
     assert all(torch.equal(run.mask[n], expected[n]) for n in expected)  # the mask of θ_T, on θ_k:
     assert all(torch.equal(run.params[n].detach()[k], kept[n].detach()[k]) for n, k in run.mask.items())
