@@ -66,8 +66,7 @@ def checked_load_ensemble(filenames, *args, **kwargs):
     plain = not given.get("suffix") and int(given.get("num_shards") or 1) == 1 and given.get("state") is None
     for filename in filenames if plain else []:  # sharded names are fairseq's to resolve
         if not _remote(filename) and not os.path.isfile(filename):
-            what = "is not a file" if os.path.exists(filename) else "not found"
-            raise user_exit(f"--path checkpoint {filename} {what}" if what != "not found"
+            raise user_exit(f"--path checkpoint {filename} is not a file" if os.path.exists(filename)
                             else f"--path checkpoint not found: {filename}")
     return _fairseq_load_ensemble(filenames, *args, **kwargs)
 

@@ -75,6 +75,13 @@ class PruningRun:
         m = self.pattern[1]
         return pattern_mask({n: w.detach().abs() for n, w in weights.items()}, kept_per_group(sparsity, m), m, previous)
 
+    def random_control(self, weights, sparsity: float, like: Mask, previous: Optional[Mask]) -> Mask:
+        """--prune-random-mask: as many kept weights as ``like`` in each matrix (N:M: in each group), at random."""
+        if self.pattern is None:
+            return random_mask(weights, like, self.cfg.prune_seed, previous)
+        m = self.pattern[1]
+        return random_pattern_mask(weights, kept_per_group(sparsity, m), m, self.cfg.prune_seed, previous)
+
     @property
     def schedule(self) -> Schedule:
         cfg = self.cfg
@@ -156,11 +163,8 @@ class PruningRun:
         scored = source.model if source is not None else start_weights
         weights = {name: scored[name] for name in self.params}
         mask = self.magnitude(weights, sparsity, previous)
-        if cfg.prune_random_mask and self.pattern is not None:
-            kept = kept_per_group(sparsity, self.pattern[1])
-            mask = random_pattern_mask(weights, kept, self.pattern[1], cfg.prune_seed, previous)
-        elif cfg.prune_random_mask:
-            mask = random_mask(weights, mask, cfg.prune_seed, previous)
+        if cfg.prune_random_mask:
+            mask = self.random_control(weights, sparsity, mask, previous)
         start = fresh_init if cfg.prune_reinit else start_weights
         logger.info(f"{self.method}: starting mask at sparsity {mask.sparsity():.4f}"
                     f"{' (random)' if cfg.prune_random_mask else ''} from {source.path if source else 'the start weights'}; "

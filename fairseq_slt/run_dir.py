@@ -98,12 +98,11 @@ def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
     recorded = recorded_identity(save_dir)
     if recorded is None:
         return False
-    if not differences(recorded, identity):
-        recover_last(save_dir, recorded)
     changed = differences(recorded, identity)
     if changed:
         raise UserError(f"--save-dir {save_dir} belongs to another run ({'; '.join(changed)}): use another "
                            "--save-dir, or the options that run was started with")
+    recover_last(save_dir, recorded)
     return True
 
 

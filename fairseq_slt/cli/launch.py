@@ -15,7 +15,7 @@ import time
 
 from ..pruning import Failure, UserError
 from ..run_options import CPU_DDP_BACKENDS
-from .iterate import _dies_with
+from .iterate import _dies_with, option_value
 
 RANK_OPTIONS = ("--distributed-world-size", "--distributed-rank", "--distributed-init-method", "--device-id",
                 "--distributed-no-spawn", "--distributed-port")
@@ -47,7 +47,7 @@ def commands(args):
         if arg.split("=")[0] in RANK_OPTIONS:
             raise UserError(f"{arg.split('=')[0]} is set by the launcher for every rank; leave it out")
     cpu = "--cpu" in args.train_args
-    ddp = _option_value(args.train_args, "--ddp-backend") or "pytorch_ddp"  # fairseq's default
+    ddp = option_value(args.train_args, "--ddp-backend") or "pytorch_ddp"  # fairseq's default
     if cpu and args.nproc * args.nnodes > 1 and ddp not in CPU_DDP_BACKENDS:  # else every rank says so
         raise UserError(f"--ddp-backend {ddp} does not run on CPU with several processes; add --ddp-backend "
                         f"{' or '.join(CPU_DDP_BACKENDS)} to the fairseq-train options")
@@ -61,15 +61,6 @@ def commands(args):
                        "--distributed-init-method", f"tcp://{host}:{port}", "--distributed-backend", backend,
                        "--distributed-no-spawn", "--device-id", str(0 if cpu else local)])
     return result
-
-
-def _option_value(train_args, option):
-    for i, arg in enumerate(train_args):
-        if arg == option and i + 1 < len(train_args):
-            return train_args[i + 1]
-        if arg.startswith(option + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def main(args):

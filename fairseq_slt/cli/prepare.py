@@ -118,15 +118,16 @@ def splits(args):
 
 
 class Digest:
-    """A side's line count and a digest of its text, in one pass."""
+    """A side's line count and a digest of its text, in one pass; ``characters``: a set to add the characters
+    of its first ``sample`` lines to (0: of all)."""
 
-    def __init__(self, lines, characters=None):
+    def __init__(self, lines, characters=None, sample=0):
         digest, self.count = hashlib.sha256(), 0
         for line in lines:  # sha256 of the lines joined by newlines
             digest.update((b"\n" if self.count else b"") + line.encode())
-            self.count += 1
-            if characters is not None:
+            if characters is not None and (not sample or self.count < sample):
                 characters.update(line)
+            self.count += 1
         self.hex = digest.hexdigest()[:16]
 
 
@@ -134,16 +135,11 @@ def scan(args, sources) -> dict:
     """Reads every input once, without keeping it, and checks it: split -> lang -> Digest. Nothing is written."""
     scanned, characters = {}, set()
     for split, files in sources.items():
-        limit = args.train_lines if split == "train" else args.eval_lines
         scanned[split] = {}
         for lang, paths in files.items():
             # SentencePiece keeps every character of the text it is trained on (a sample, with --spm-sample)
-            sample = characters if split == "train" else None
-            lines = _side(paths, limit)
-            if sample is not None and args.spm_sample:
-                lines = _counting_sample(lines, args.spm_sample, characters)
-                sample = None
-            scanned[split][lang] = Digest(lines, sample)
+            scanned[split][lang] = Digest(_side(paths, _limit(args, split)),
+                                          characters if split == "train" else None, args.spm_sample)
             if not scanned[split][lang].count:
                 raise UserError(f"{split}: {', '.join(paths)} holds no lines")
         lengths = {lang: d.count for lang, d in scanned[split].items()}
@@ -157,11 +153,8 @@ def scan(args, sources) -> dict:
     return scanned
 
 
-def _counting_sample(lines, sample, characters):
-    for number, line in enumerate(lines):
-        if number < sample:
-            characters.update(line)
-        yield line
+def _limit(args, split):
+    return args.train_lines if split == "train" else args.eval_lines
 
 
 def plan_of(args, scanned) -> dict:
@@ -209,13 +202,9 @@ def _digest_file(path):
 def _encoded(processor, lines, chunk=10000):
     """SentencePiece pieces of each line, joined by spaces; encoded a chunk at a time (its batch call is
     multithreaded), so a large corpus is never held whole."""
-    batch = []
-    for line in itertools.chain(lines, [None]):
-        if line is not None:
-            batch.append(line)
-        if batch and (line is None or len(batch) == chunk):
-            yield from (" ".join(pieces) for pieces in processor.encode(batch, out_type=str))
-            batch = []
+    lines = iter(lines)
+    while batch := list(itertools.islice(lines, chunk)):
+        yield from (" ".join(pieces) for pieces in processor.encode(batch, out_type=str))
 
 
 def prepare(args):
@@ -232,11 +221,10 @@ def prepare(args):
     if not os.path.isfile(os.path.join(args.out, MANIFEST)):
         atomic_write_json(plan, os.path.join(args.out, MANIFEST))
     for split, files in sources.items():
-        limit = args.train_lines if split == "train" else args.eval_lines
         for lang, paths in files.items():
             target = os.path.join(text_dir, f"{split}.{lang}")
             if not os.path.exists(target):
-                atomic_write_lines(_side(paths, limit), target)
+                atomic_write_lines(_side(paths, _limit(args, split)), target)
 
     model_prefix = os.path.join(args.out, "spm")
     if not os.path.exists(model_prefix + ".model"):

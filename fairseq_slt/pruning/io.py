@@ -3,6 +3,8 @@ import argparse
 import json
 import os
 import re
+import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -28,7 +30,6 @@ def one_line(message) -> str:
 
 def user_exit(message) -> SystemExit:
     """Inside fairseq-train/-generate: the refusal's one line on stderr, and the exit (status 2) to raise."""
-    import sys
     print(f"fairseq-slt: error: {one_line(message)}", file=sys.stderr, flush=True)
     return SystemExit(2)
 
@@ -131,5 +132,4 @@ def atomic_write_lines(lines, path: str) -> None:
 
 def atomic_write_stream(source, path: str) -> None:
     """Copies an open binary stream (a download, another file) to ``path`` atomically."""
-    import shutil
     _atomic_write(path, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
