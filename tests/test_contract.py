@@ -331,3 +331,12 @@ def test_no_output_is_replaced_without_force(dense_run, slt_run, tmp_path):
         _check(label, *result, before, _snapshot(str(tmp_path)), f"fairseq-slt {argv[0]}: error: ")
         assert "exists" in result[1] and "--force" in result[1], (label, result[1])
         assert existing.read_text() == "mine"
+
+
+def test_a_mask_source_with_an_empty_optimizer_history_is_accepted(data_bin, dense_run, tmp_path):
+    """A mask needs only weights: a source without an update number (another tool's) trains, no traceback."""
+    path = _make("empty history", str(tmp_path), dense_run["best"])
+    result = train(data_bin, str(tmp_path / "save"), "--prune-method", "slt", "--prune-sparsity", "0.5",
+                   "--prune-mask-from", path, "--prune-rewind-from", dense_run["rewind4"], max_update=2, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert load(tmp_path / "save" / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"] == 2
