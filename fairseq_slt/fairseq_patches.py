@@ -24,8 +24,12 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
   finished run (status -6); an exit hook lets them return first.
 - ``checkpoint_utils.save_checkpoint.best`` (``forget_inherited_best``): fairseq keeps the best validation
   loss in a function attribute, which a run started from another run's checkpoint inherits.
+- ``argparse.ArgumentParser.error`` for fairseq's own parsers (``prog`` fairseq-*): a usage error (an
+  unknown --prune-method among them) printed fairseq's whole usage, dozens of lines, before the error:
+  the error's one line instead, as the plugin's own refusals.
 - fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
 """
+import argparse
 import inspect
 import os
 
@@ -34,16 +38,17 @@ from fairseq import checkpoint_utils, file_io
 from fairseq.distributed import utils as distributed_utils
 
 from . import broadcast_fix, clean_exit, compact_loading
-from .pruning.io import atomic_save, atomic_write_stream, user_exit
+from .pruning.io import atomic_save, atomic_write_stream, one_line, user_exit
 
 _fairseq_copy = None
 _fairseq_save = None
 _fairseq_call_main = None
 _fairseq_load_ensemble = None
+_argparse_error = None
 
 
 def install() -> None:
-    global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble
+    global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble, _argparse_error
     compact_loading.install()
     broadcast_fix.install()
     clean_exit.install()
@@ -59,6 +64,15 @@ def install() -> None:
     if _fairseq_load_ensemble is None:
         _fairseq_load_ensemble = checkpoint_utils.load_model_ensemble_and_task
         checkpoint_utils.load_model_ensemble_and_task = checked_load_ensemble
+    if _argparse_error is None:
+        _argparse_error = argparse.ArgumentParser.error
+        argparse.ArgumentParser.error = one_line_usage_error
+
+
+def one_line_usage_error(parser: argparse.ArgumentParser, message: str):
+    if not str(parser.prog).startswith("fairseq-"):  # parsers other than fairseq's: as they were
+        return _argparse_error(parser, message)
+    parser.exit(2, f"{parser.prog}: error: {one_line(message)} (see {parser.prog} --help)\n")
 
 
 def checked_load_ensemble(filenames, *args, **kwargs):

@@ -5,7 +5,13 @@ that keeps the same weight and bias parameters (state_dict keys and code reading
 unchanged) plus a CSR copy of the weight.  Whether the CSR matmul pays depends on the layer's shape and
 density, the number of input rows and the thread count, so a ``Plan`` measures it: the first time a
 (shape, density, rows bucket, threads) combination is met it times dense and sparse on an input of
-that size and remembers the faster.  Rows are bucketed by powers of two.  Torch only, no fairseq.
+that size and remembers the faster.  Rows are bucketed by powers of two.
+
+A layer timed alone does not see what a whole step costs (caches, the thread pools of two kernels, the
+copies around them), so the layers' choices are then checked by whole steps: ``StepTrial`` runs a
+module's calls (fairseq's encoder and each decoding step of the decoder) alternately with the plan's
+choices and all dense, and keeps the plan only where the steps with it are faster; elsewhere that
+module runs dense. Torch only, no fairseq.
 """
 import logging
 import time
@@ -20,6 +26,8 @@ logger = logging.getLogger(__name__)
 MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros, about even at 70 %; below: not tried
 CHUNK = 256  # rows per CSR product: at 12800 rows (512x512, 90 % zeros) 28 ms in blocks of 256, 74 ms at once; dense 60
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
+TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
+STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
 
 
 class Plan:
@@ -31,9 +39,13 @@ class Plan:
         self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[bool, float, float]] = {}
         self.calibration_seconds = 0.0
         self.calls = {"sparse": 0, "dense": 0}
+        self.all_dense = False  # set by StepTrial around a step that runs dense
 
     def sparse_pays(self, layer: "SparseLinear", rows: int) -> bool:
-        chosen = self._decide(layer, rows) if self.always is None else self.always
+        if self.all_dense:
+            chosen = False
+        else:
+            chosen = self._decide(layer, rows) if self.always is None else self.always
         self.calls["sparse" if chosen else "dense"] += 1
         return chosen
 
@@ -68,6 +80,65 @@ class Plan:
         for (out, inp, density, bucket, threads), (sparse, dense_s, sparse_s) in sorted(self.decisions.items()):
             lines.append(f"{out}x{inp} at {100 - density} % zeros, {threads} thread(s), rows <= {bucket}: "
                          f"{'sparse' if sparse else 'dense'} (CSR at {dense_s / sparse_s:.2f}x dense speed)")
+        return lines
+
+
+class StepTrial:
+    """Whole steps decide: per (module, rows bucket, threads), ``pairs`` calls run with the plan's choices and
+    as many all dense, alternating (the order swapped every pair, so a step cost that grows along a sentence
+    favours neither); the plan is kept where its calls took under ``margin`` of the dense ones' time, and
+    the module runs dense there otherwise. Time the plan spends timing layers is not counted."""
+
+    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN):
+        self.plan, self.pairs, self.margin = plan, pairs, margin
+        self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
+        self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
+        self.calls = {"plan": 0, "dense": 0, "trial": 0}
+
+    def wrap(self, module: nn.Module, name: str) -> None:
+        """Replace ``module.forward`` (on the instance) by a timed one; rows: its first tensor's first dimension."""
+        forward = module.forward
+
+        def step(*args, **kwargs):
+            first = next((a for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)), None)
+            if torch.is_grad_enabled() or first is None or first.dim() == 0:
+                return forward(*args, **kwargs)
+            return self.run(name, first.shape[0], lambda: forward(*args, **kwargs))
+
+        module.forward = step
+
+    def run(self, name: str, rows: int, call):
+        key = (name, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())
+        if key in self.choices:
+            keep = self.choices[key]
+            self.calls["plan" if keep else "dense"] += 1
+            return self._call(call, dense=not keep)[0]
+        times = self.trials.setdefault(key, [[], []])
+        done = len(times[0]) + len(times[1])
+        dense = (done % 2 == 0) == ((done // 2) % 2 == 0)  # dense, plan | plan, dense | dense, plan ...
+        result, seconds = self._call(call, dense)
+        times[1 if dense else 0].append(seconds)
+        self.calls["trial"] += 1
+        if len(times[0]) >= self.pairs and len(times[1]) >= self.pairs:
+            self.choices[key] = sum(times[0]) < self.margin * sum(times[1])
+        return result
+
+    def _call(self, call, dense: bool):
+        before, started = self.plan.calibration_seconds, time.perf_counter()
+        self.plan.all_dense = dense
+        try:
+            result = call()
+        finally:
+            self.plan.all_dense = False
+        return result, time.perf_counter() - started - (self.plan.calibration_seconds - before)
+
+    def summary(self) -> List[str]:
+        lines = []
+        for (name, bucket, threads), keep in sorted(self.choices.items()):
+            plan_s, dense_s = (sum(t) for t in self.trials[(name, bucket, threads)])
+            lines.append(f"whole {name} calls, rows <= {bucket}, {threads} thread(s): "
+                         f"{'the layer choices kept' if keep else 'dense'} (with them at {dense_s / plan_s:.2f}x "
+                         f"dense speed over {self.pairs} calls each)")
         return lines
 
 
@@ -114,8 +185,11 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
 
 
-def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY) -> List[str]:
-    """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names."""
+def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY,
+             trial: Optional[StepTrial] = None, prefix: str = "") -> List[str]:
+    """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names.
+    ``trial``: each direct child of the model that holds a replaced layer (fairseq's encoder and decoder)
+    becomes a step it checks (named ``prefix`` + its name: one prefix per model of an ensemble)."""
     targets = []
     for parent_name, parent in model.named_modules():
         for child_name, child in parent.named_children():
@@ -125,4 +199,8 @@ def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY) -
                     targets.append((parent, child_name, f"{parent_name}.{child_name}".lstrip(".")))
     for parent, child_name, _ in targets:
         setattr(parent, child_name, SparseLinear(getattr(parent, child_name), plan))
+    if trial is not None:
+        for name, child in model.named_children():
+            if any(isinstance(m, SparseLinear) for m in child.modules()):
+                trial.wrap(child, prefix + name)
     return [name for _, _, name in targets]

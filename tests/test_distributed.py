@@ -10,7 +10,7 @@ from conftest import TINY_MODEL, TRAINING, free_port, load, run_tool, tool_path,
 from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.pruning import Mask, pruned_count
 from fairseq_slt.pruning.schedule import cubic_sparsity
-from fairseq_slt.ranks import weights_checksum
+from fairseq_slt.run.ranks import weights_checksum
 
 MP = ["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2", "--prune-end", "10",
       "--prune-frequency", "2"]

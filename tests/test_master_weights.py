@@ -8,7 +8,7 @@ from fairseq.optim.fp16_optimizer import FP16Optimizer
 from omegaconf import OmegaConf
 
 from conftest import load, log_values, train
-from fairseq_slt.master_weights import master_copies, sync_master_weights
+from fairseq_slt.run.masters import master_copies, sync_master_weights
 from fairseq_slt.pruning import Mask, MaskEnforcer, magnitude_mask
 
 

@@ -12,8 +12,8 @@ from fairseq_slt.pruning import UserError, magnitude_mask
 from fairseq_slt.pruning.enforce import bits
 from fairseq_slt.pruning.methods import TABLE, label, method
 from fairseq_slt.pruning.schedule import Schedule, cubic_sparsity
-from fairseq_slt.pruning_run import Phase, PruningRun
-from fairseq_slt.run_options import run_identity, validate_options
+from fairseq_slt.run import Phase, PruningRun
+from fairseq_slt.run.options import run_identity, validate_options
 
 
 def test_no_module_outside_the_table_compares_method_names():
@@ -144,3 +144,40 @@ def test_results_labels_n_m_runs_apart_from_unstructured_ones():
     assert label_of({"method": "mp", "prune_pattern": "2:4"}, {}) == "mp 2:4"
     assert label_of({"method": "slt", "mask_from": "/runs/dense/checkpoint_best.pt"},
                     {"/runs/dense": {"method": "none"}}) == "slt"
+
+
+def _changed(value):
+    return {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v + 0.05}.get(type(value), lambda v: "x/other")(value)
+
+
+def test_the_identity_is_what_the_options_declare_and_nothing_else(tmp_path):
+    """Each option PruningOptions declares part of the identity changes it for a method it applies to, and
+    the run refuses a save dir of the other value; an option declared outside it never changes it."""
+    import dataclasses
+    from fairseq_slt.run import folder
+    from fairseq_slt.run.options import IDENTITY, PruningOptions, option_of
+    example = {"always": "slt", "prunes": "slt", "given": "slt", "gradual": "mp", "control": "clt"}
+    for field in dataclasses.fields(PruningOptions):
+        spec = field.metadata["identity"]
+        chosen = example[spec.when] if spec else "slt"
+        if field.name == "prune_method":
+            continue  # every other case changes the method's own options
+        if spec and spec.when == "control" and field.name not in method(chosen).controls:
+            chosen = "slt"
+        base = _cfg(tmp_path, prune_method=chosen, prune_sparsity=0.5, prune_pattern=None, sparse_inference=False,
+                    prune_mask_from="a.pt", prune_rewind_from="b.pt", save_rewind_points="0")
+        value = getattr(base, field.name)
+        other = SimpleNamespace(**dict(vars(base), **{field.name: _changed(value if value is not None else "2:4")}))
+        before, after = run_identity(base, "d"), run_identity(other, "d")
+        if spec is None:
+            assert before == after, field.name
+            continue
+        assert before != after, field.name
+        key = spec.key or field.name
+        shown = before.get(key) if before.get(key) is not None else "none"
+        assert folder.differences(before, after) == [f"{option_of(key)} {shown} there, {after[key]} here"], field.name
+        assert folder.differences(after, before) == [f"{option_of(key)} {after[key]} there, {shown} here"], field.name
+        assert option_of(key) == "--" + field.name.replace("_", "-")
+    outside = {f.name for f in dataclasses.fields(PruningOptions)} - set(IDENTITY)
+    assert outside == {"save_rewind_points", "sparse_inference"}  # every option that changes the training is in it
+    assert run_identity(_cfg(tmp_path, seed=2), None) != run_identity(_cfg(tmp_path, seed=1), None)

@@ -11,8 +11,8 @@ from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.pruning import Mask, UserError
 from fairseq_slt.pruning.enforce import bits
 from fairseq_slt.pruning.pattern import follows, parse_pattern, pattern_mask, random_pattern_mask
-from fairseq_slt.pruning_run import PruningRun
-from fairseq_slt.run_options import validate_options
+from fairseq_slt.run import PruningRun
+from fairseq_slt.run.options import validate_options
 
 
 def _groups(keep, m):

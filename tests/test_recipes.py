@@ -144,7 +144,7 @@ def test_the_wmt14_recipe_dry_run_prints_commands_that_parse(pair, tmp_path):
     import sacrebleu.sacrebleu
 
     from fairseq_slt.cli.main import build_parser
-    from fairseq_slt.run_options import validate_options
+    from fairseq_slt.run.options import validate_options
 
     work = str(tmp_path / "wmt")
     result = subprocess.run(["bash", os.path.join(ROOT, "examples", "wmt14", "run_all.sh")], capture_output=True,

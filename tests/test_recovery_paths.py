@@ -10,9 +10,9 @@ import torch
 from conftest import load
 from test_contract import _in_process
 from test_methods_table import Tiny, _cfg, _exact, _steps
-from fairseq_slt import run_dir
+from fairseq_slt.run import folder as run_dir
 from fairseq_slt.checkpoints import TASK_KEY, write_model_checkpoint
-from fairseq_slt.pruning_run import Phase, PruningRun
+from fairseq_slt.run import Phase, PruningRun
 
 
 def test_a_resumed_run_whose_checkpoint_regrew_pruned_weights_zeroes_them_and_says_so(tmp_path, caplog):

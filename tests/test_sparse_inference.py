@@ -1,5 +1,6 @@
 """--sparse-inference: CSR linear layers give the dense model's translations."""
 import argparse
+import time
 
 import pytest
 import torch
@@ -68,11 +69,52 @@ def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once():
     assert linear.weight.grad is not None
 
 
+class TwoSteps(nn.Module):
+    """An encoder and a decoder, as fairseq's model: each a step the trial checks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder, self.decoder = nn.Linear(256, 256), nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 64))
+        with torch.no_grad():
+            for layer in (self.encoder, self.decoder[0], self.decoder[1]):
+                layer.weight[torch.rand_like(layer.weight) < 0.9] = 0
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+@pytest.mark.parametrize("slower", ["sparse", "dense"])
+def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, monkeypatch):
+    """The plan says sparse for every layer; a whole step decides. A kernel made 3 ms slower loses."""
+    model = TwoSteps()
+    plan = sparse_inference.Plan(always=True)
+    trial = sparse_inference.StepTrial(plan, pairs=4)
+    assert sorted(sparse_inference.sparsify(model, plan, trial=trial)) == ["decoder.0", "decoder.1", "encoder"]
+    kernel = getattr(sparse_inference.SparseLinear, slower)
+    monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x: (time.sleep(0.003), kernel(self, x))[1])
+    x = torch.randn(4, 256)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(torch.nn.functional.linear(torch.nn.functional.linear(
+            x, model.encoder.weight, model.encoder.bias), model.decoder[0].weight, model.decoder[0].bias),
+            model.decoder[1].weight, model.decoder[1].bias)
+        outputs = [model(x) for _ in range(12)]
+    for out in outputs:
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    keep = slower == "dense"
+    assert trial.choices == {("encoder", 4, torch.get_num_threads()): keep, ("decoder", 4, torch.get_num_threads()): keep}
+    assert trial.calls == {"trial": 16, "plan": 8 if keep else 0, "dense": 0 if keep else 8}
+    # 1 + 2 layers: 4 trial calls of each step with the plan, then 4 more of each when it is kept
+    assert plan.calls["sparse"] == 3 * 4 + (3 * 4 if keep else 0)
+    assert len(trial.summary()) == 2 and all(("kept" if keep else ": dense") in line for line in trial.summary())
+
+
 def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, slt_run):
     dense, _ = _hypotheses(data_bin, slt_run["best"])
     sparse, result = _hypotheses(data_bin, slt_run["best"], "--sparse-inference")
     assert sparse == dense
     assert "--sparse-inference: 17 linear layers" in result.stdout
+    assert "--sparse-inference: whole decoder calls, rows <= " in result.stdout + result.stderr
     assert "linear-layer calls ran sparse" in result.stdout
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from .. import run_dir
+from ..run import folder as run_dir
 from ..checkpoints import Checkpoint, rewind_point_path
 from ..pruning import UserError, atomic_write_json
 from ..pruning.methods import COMBINABLE, COMBINED, TABLE

@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..pruning import Failure, UserError
-from ..run_options import CPU_DDP_BACKENDS
+from ..run.options import CPU_DDP_BACKENDS
 from .iterate import _dies_with, option_value
 
 RANK_OPTIONS = ("--distributed-world-size", "--distributed-rank", "--distributed-init-method", "--device-id",

@@ -9,11 +9,11 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .. import run_dir
+from ..run import folder as run_dir
 from ..checkpoints import Checkpoint, unique_tensors
 from ..pruning import UserError, atomic_write_json, atomic_write_text, methods
 from ..pruning.io import refuse_overwrite
-from ..run_dir import LAST, MANIFEST
+from ..run.folder import LAST, MANIFEST
 from . import claims, report
 from .report import CONTROLS
 from .scoring import score

@@ -6,61 +6,27 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
 from .. import fairseq_patches, sparse_inference
 from ..pruning.io import UserError, user_exit
-from ..pruning_run import Phase, PruningRun
-from ..pruning.methods import help_text
-from ..run_options import validate_options
-from ..run_dir import LAST
+from ..run import Phase, PruningRun
+from ..pruning.methods import NAMES
+from ..run.options import PruningOptions, validate_options
+from ..run.folder import LAST
 
 logger = logging.getLogger(__name__)
 RESETS = ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_dataloader")
 
 
 @dataclass
-class TranslationSLTConfig(TranslationConfig):
-    prune_method: str = field(default="none", metadata={
-        "help": help_text()})
-    prune_sparsity: float = field(default=0.0, metadata={
-        "help": "fraction of each weight matrix to prune, in [0, 1) (the final sparsity s_T for mp)"})
-    prune_scope: str = field(default="layer", metadata={
-        "help": "layer: every weight matrix reaches the sparsity (paper); global: one threshold for all"})
-    prune_pattern: Optional[str] = field(default=None, metadata={
-        "help": "N:M (e.g. 2:4): in every group of M consecutive weights along a matrix's input dimension keep the "
-                "N largest (--prune-sparsity must be 1-N/M; mp ramps the kept count down to N); default: unstructured"})
-    prune_params: Optional[str] = field(default=None, metadata={
-        "help": "regex (re.search) narrowing the prunable weight matrices; default: all of dim >= 2"})
-    prune_mask_from: Optional[str] = field(default=None, metadata={
-        "help": "converged checkpoint whose weight magnitudes give the mask (its own mask stays pruned)"})
-    prune_rewind_from: Optional[str] = field(default=None, metadata={
-        "help": "checkpoint whose weights the pruned run starts from (theta_0 for lt, theta_k for slt)"})
-    prune_initial_sparsity: float = field(default=0.0, metadata={
-        "help": "mp: sparsity s_0 at --prune-start (at least the sparsity of the --prune-mask-from mask)"})
-    prune_start: int = field(default=0, metadata={"help": "mp: first pruning update t_start"})
-    prune_end: int = field(default=0, metadata={"help": "mp: last pruning update t_end; the final sparsity holds after it"})
-    prune_frequency: int = field(default=100, metadata={"help": "mp: prune every N updates between start and end"})
-    prune_clt_random_signs: bool = field(default=False, metadata={
-        "help": "control for clt: random signs (seeded by --prune-seed) instead of sign(theta_k)"})
-    prune_random_mask: bool = field(default=False, metadata={
-        "help": "control for lt/slt/clt: a random mask (seeded) with the same per-layer sparsity"})
-    prune_reinit: bool = field(default=False, metadata={
-        "help": "control for lt/slt/clt: start from a fresh fairseq initialisation (seeded) instead of the rewind point"})
-    prune_seed: int = field(default=1, metadata={"help": "seed of the random controls"})
-    prune_dense_gradients: bool = field(default=False, metadata={
-        "help": "keep the gradients of pruned weights and zero only the weights after each step (faster: "
-                "dense optimizer state); the same training with Adam or SGD and --clip-norm 0. Default: zeroed "
-                "before clipping and the step, so they count in no norm or optimizer state"})
-    save_rewind_points: Optional[str] = field(default=None, metadata={
-        "help": "comma-separated updates, e.g. 0,400: save the weights before update 1 (0) and right after "
-                "update K as checkpoint_rewind_K.pt in the save dir"})
-    sparse_inference: bool = field(default=False, metadata={
-        "help": "fairseq-generate/interactive: run pruned linear layers (at least half zeros) as CSR matmuls "
-                "where a timing on first use finds them faster than dense, per layer shape, input rows and "
-                "thread count (CPU only)"})
+class TranslationSLTConfig(TranslationConfig, PruningOptions):
+    """fairseq's translation options plus ``PruningOptions`` (declared in ``run/options.py``, without fairseq)."""
+    prune_method: ChoiceEnum(NAMES) = field(  # a fairseq choice: argparse refuses any other name
+        default="none", metadata=PruningOptions.__dataclass_fields__["prune_method"].metadata)
     # read from fairseq's other option groups
     max_update: int = II("optimization.max_update")
     save_dir: str = II("checkpoint.save_dir")
@@ -171,12 +137,16 @@ class TranslationSLTTask(TranslationTask):
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):
             raise user_exit("--sparse-inference runs on CPU only (add --cpu)")
         plan = sparse_inference.Plan()
-        atexit.register(lambda: [logger.info(f"--sparse-inference: {line}") for line in plan.summary()])
-        for model in models:
-            replaced = sparse_inference.sparsify(model, plan)
+        trial = sparse_inference.StepTrial(plan)
+        atexit.register(lambda: [logger.info(f"--sparse-inference: {line}")
+                                 for line in plan.summary() + trial.summary()])
+        for index, model in enumerate(models):
+            replaced = sparse_inference.sparsify(model, plan, trial=trial,
+                                                 prefix=f"model {index} " if len(models) > 1 else "")
             logger.info(f"--sparse-inference: {len(replaced)} linear layers with at least "
                         f"{100 * sparse_inference.MIN_SPARSITY:g} % zeros get a CSR copy; dense or sparse is "
-                        "timed per shape, input rows and threads on first use")
+                        "timed per shape, input rows and threads on first use, then checked by whole encoder "
+                        "and decoder steps against dense (dense where they are not faster)")
 
     # resume: fairseq stores this dict in the checkpoint's extra_state under the class name
     def get_checkpoint_dict(self):

@@ -1,8 +1,8 @@
-"""What one ``fairseq-train`` run does about pruning: mask, rewind, enforcement, rewind points.
+"""What one ``fairseq-train`` run does about pruning: the hooks the ``translation_slt`` task calls (start,
+after each step, statistics, checkpoint state) in an explicit phase (new, resume, running).
 
-Called by the ``translation_slt`` task; holds no fairseq import so it can be tested directly.
+No fairseq import: it runs on any ``nn.Module`` and is tested directly.
 """
-import dataclasses
 import enum
 import logging
 import os
@@ -10,16 +10,17 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import run_dir
-from .checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
-from .master_weights import master_copies, sync_master_weights
-from .pruning import Mask, MaskEnforcer, UserError, magnitude_mask, prunable_parameters, random_mask
-from .pruning.reinit import constant_weights
-from .pruning.methods import method
-from .pruning.pattern import check_shapes, kept_per_group, parse_pattern, pattern_mask, random_pattern_mask
-from .pruning.schedule import Schedule
-from .ranks import all_ranks, weights_checksum
-from .run_options import parse_rewind_points, run_identity
+from . import folder
+from ..checkpoints import Checkpoint, rewind_point_path, write_model_checkpoint
+from ..pruning import Mask, MaskEnforcer, UserError, prunable_parameters
+from ..pruning.methods import method
+from ..pruning.pattern import check_shapes, parse_pattern
+from ..pruning.reinit import constant_weights
+from ..pruning.schedule import Schedule
+from .masters import master_copies, sync_master_weights
+from .options import parse_rewind_points, run_identity
+from .plan import MaskMaker, StartPlan, prepare
+from .ranks import check_ranks
 
 logger = logging.getLogger(__name__)
 MASK_FILE, REPORT_FILE = "mask.pt", "mask_report.json"
@@ -28,14 +29,6 @@ class Phase(enum.Enum):
     NEW = "new"  # starts afresh: its mask and start weights are applied at the first update
     RESUME = "resume"  # continues a checkpoint of this run: its stored mask, the weights fairseq restores
     RUNNING = "running"
-
-
-@dataclasses.dataclass(frozen=True)
-class StartPlan:
-    """What a new pruning run applies before its first update, computed once when the run is built."""
-    mask: Optional[Mask]  # None: from the weights the run starts with (mp without a mask source), at the start
-    weights: Optional[Dict[str, torch.Tensor]]  # the rewind point's (or a fresh init's); None: the model's own
-    sparsity: float  # the starting mask's sparsity
 
 
 class PruningRun:
@@ -48,9 +41,10 @@ class PruningRun:
         self.method, self.dictionaries = method(cfg.prune_method), dictionaries
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)
         self.params = prunable_parameters(model.named_parameters(), cfg.prune_params)
-        self.pattern = parse_pattern(getattr(cfg, "prune_pattern", None))  # N:M, or None: unstructured
-        if self.pattern is not None:
-            check_shapes(self.params, self.pattern)
+        pattern = parse_pattern(getattr(cfg, "prune_pattern", None))  # N:M, or None: unstructured
+        if pattern is not None:
+            check_shapes(self.params, pattern)
+        self.masks = MaskMaker(cfg.prune_scope, pattern, cfg.prune_seed)
         self.enforcer = MaskEnforcer(self.params, zero_gradients=not getattr(cfg, "prune_dense_gradients", False))
         self.identity = run_identity(cfg, dictionaries)
         self.epoch, self.updates_done = 1, 0
@@ -59,28 +53,16 @@ class PruningRun:
         self.mask_written: Optional[Mask] = None
         self.initial_sparsity = float(cfg.prune_initial_sparsity)  # mp: s_0 of the schedule
         self.plan: Optional[StartPlan] = None  # a new pruning run's mask and weights, applied at the first update
-        owned = run_dir.claim(cfg.save_dir, self.identity, self.is_master)
+        owned = folder.claim(cfg.save_dir, self.identity, self.is_master)
         resume = self._checkpoint_to_resume(owned)
         self.phase = Phase.RESUME if resume is not None else Phase.NEW
         self.resumed_from = resume.path if resume is not None else None
         if resume is not None:
             self._resume(resume)
         elif self.method.prunes:
-            self.plan = self._prepare(fresh_init)
-
-    def magnitude(self, weights, sparsity: float, previous: Optional[Mask]) -> Mask:
-        """The magnitude mask at ``sparsity``: unstructured (per layer or global), or N:M."""
-        if self.pattern is None:
-            return magnitude_mask(weights, sparsity, previous, self.cfg.prune_scope)
-        m = self.pattern[1]
-        return pattern_mask({n: w.detach().abs() for n, w in weights.items()}, kept_per_group(sparsity, m), m, previous)
-
-    def random_control(self, weights, sparsity: float, like: Mask, previous: Optional[Mask]) -> Mask:
-        """--prune-random-mask: as many kept weights as ``like`` in each matrix (N:M: in each group), at random."""
-        if self.pattern is None:
-            return random_mask(weights, like, self.cfg.prune_seed, previous)
-        m = self.pattern[1]
-        return random_pattern_mask(weights, kept_per_group(sparsity, m), m, self.cfg.prune_seed, previous)
+            self.plan = prepare(cfg, self.method, self.params, model.state_dict(), self.masks, dictionaries, fresh_init)
+            if self.method.gradual:
+                self.initial_sparsity = self.plan.sparsity  # mp's s_0: at least the source mask's sparsity
 
     @property
     def schedule(self) -> Schedule:
@@ -98,7 +80,7 @@ class PruningRun:
 
     @property
     def own_last(self) -> str:
-        return os.path.join(self.cfg.save_dir, run_dir.LAST)
+        return os.path.join(self.cfg.save_dir, folder.LAST)
 
     # set-up (before training): every bad input fails here
     def _checkpoint_to_resume(self, owned: bool) -> Optional[Checkpoint]:
@@ -106,7 +88,7 @@ class PruningRun:
         if owned and os.path.isfile(self.own_last):
             return Checkpoint(self.own_last, "this run's checkpoint", mmap=True)
         restore = self.cfg.restore_file
-        if restore and restore != run_dir.LAST and os.path.isfile(restore):
+        if restore and restore != folder.LAST and os.path.isfile(restore):
             other = Checkpoint(restore, "--restore-file checkpoint", mmap=True)
             if other.task_state.get("identity") == self.identity:
                 return other
@@ -126,51 +108,6 @@ class PruningRun:
         logger.info(f"resuming from {checkpoint.path}" + (f" with its stored mask (sparsity {mask.sparsity():.4f}); "
                                                           "no mask is computed" if mask is not None else ""))
 
-    def _load(self, path: Optional[str], option: str, model_state) -> Optional[Checkpoint]:
-        if not path:
-            return None
-        checkpoint = Checkpoint(path, f"{option} checkpoint")
-        checkpoint.check_matches(model_state, self.dictionaries)
-        broken = next((name for name in self.params if not bool(torch.isfinite(checkpoint.model[name]).all())), None)
-        if broken is not None:  # a magnitude mask of NaN weights is arbitrary; a run from them learns nothing
-            raise UserError(f"{option} checkpoint {path} holds NaN or infinite weights in {broken}")
-        return checkpoint
-
-    def _prepare(self, fresh_init: Optional[Dict[str, torch.Tensor]]) -> StartPlan:
-        cfg, model_state = self.cfg, self.model.state_dict()
-        source = self._load(cfg.prune_mask_from, "--prune-mask-from", model_state)
-        rewind = self._load(cfg.prune_rewind_from, "--prune-rewind-from", model_state)
-        if rewind is not None:
-            if rewind.num_updates is None:
-                raise UserError(f"--prune-rewind-from checkpoint {rewind.path} records no update number (its optimizer "
-                                "history is empty): theta_0 and theta_k cannot be told apart; use a checkpoint "
-                                "fairseq-train saved (--save-rewind-points)")
-            self.method.check_rewind_update(rewind.num_updates)
-        previous = source.mask() if source is not None else None
-        if previous is not None:
-            previous.check_matches(self.params, f"weight matrices --prune-params selects ({source.path})", exact=True)
-        sparsity = cfg.prune_sparsity
-        if self.method.gradual:  # the starting mask: s_0, at least the source mask's sparsity
-            sparsity = max(cfg.prune_initial_sparsity, previous.sparsity() if previous is not None else 0.0)
-            if sparsity > cfg.prune_sparsity:
-                raise UserError(f"the starting mask's sparsity {sparsity:.4f} is above the final --prune-sparsity "
-                                   f"{cfg.prune_sparsity}")
-            self.initial_sparsity = sparsity
-        if source is None and rewind is None:  # mp from the weights the run starts with, known only at start()
-            logger.info(f"{self.method}: starting mask at sparsity {sparsity:.4f} from the weights the run starts with")
-            return StartPlan(None, None, sparsity)
-        start_weights = rewind.model if rewind is not None else model_state
-        scored = source.model if source is not None else start_weights
-        weights = {name: scored[name] for name in self.params}
-        mask = self.magnitude(weights, sparsity, previous)
-        if cfg.prune_random_mask:
-            mask = self.random_control(weights, sparsity, mask, previous)
-        start = fresh_init if cfg.prune_reinit else start_weights
-        logger.info(f"{self.method}: starting mask at sparsity {mask.sparsity():.4f}"
-                    f"{' (random)' if cfg.prune_random_mask else ''} from {source.path if source else 'the start weights'}; "
-                    f"weights from {'a fresh init' if cfg.prune_reinit else rewind.path if rewind else 'the model init'}")
-        return StartPlan(mask, {name: start[name] for name in model_state}, sparsity)
-
     # training hooks
     def start(self, update_num: int, optimizer=None) -> Optional[Phase]:
         """Before the first forward pass of this process (after any checkpoint was restored): applies the
@@ -184,7 +121,7 @@ class PruningRun:
             if self.plan.weights is not None:
                 torch.nn.Module.load_state_dict(self.model, self.plan.weights, strict=True)
             mask = self.plan.mask  # else mp's s_0 from the weights it starts with
-            mask = mask if mask is not None else self.magnitude(self.params, self.initial_sparsity, None)
+            mask = mask if mask is not None else self.masks.magnitude(self.params, self.initial_sparsity, None)
             if self.method.kept_weights == "constant":
                 self._set_constant_weights(mask)
             self.enforcer.set_mask(mask)
@@ -201,7 +138,7 @@ class PruningRun:
         self._stats = None
         self.check_ranks(f"the {started_from.value} run's start", weights=True)
         if self.is_master:
-            run_dir.write_manifest(self.cfg.save_dir, self.identity)
+            folder.write_manifest(self.cfg.save_dir, self.identity)
         self.write_mask_files()
         if update_num == 0 and 0 in self.rewind_points:
             self.save_rewind_point(0)
@@ -221,7 +158,7 @@ class PruningRun:
         self._stats = None
         target = self.schedule.target_at(done)
         if target is not None:
-            self.enforcer.set_mask(self.magnitude(self.params, target, self.mask))
+            self.enforcer.set_mask(self.masks.magnitude(self.params, target, self.mask))
             self.check_ranks(f"update {done}")
         else:
             self.enforcer.apply()
@@ -231,21 +168,8 @@ class PruningRun:
         if done in self.rewind_points:
             self.save_rewind_point(done)
 
-    # every rank must hold the same mask (and weights): checked by checksums, logged by rank 0
     def check_ranks(self, when: str, weights: bool = False) -> None:
-        mine = {"mask": self.mask.checksum() if self.mask is not None else "none"}
-        if weights:
-            mine["weights"] = weights_checksum(self.model.state_dict())
-        everyone = all_ranks(mine)
-        for what in mine:
-            values = [theirs[what] for theirs in everyone]
-            if len(set(values)) > 1:
-                raise UserError(f"the {what} differs between ranks at {when}: " +
-                                   ", ".join(f"rank {r} {v}" for r, v in enumerate(values)))
-        if self.is_master:
-            sparsity = f" (sparsity {self.mask.sparsity():.4f})" if self.mask is not None else ""
-            logger.info(f"checksums at {when}: " + ", ".join(f"{what} {value}" for what, value in mine.items()) +
-                        sparsity + (f", identical on {len(everyone)} ranks" if len(everyone) > 1 else ""))
+        check_ranks(self.mask, self.model, when, weights, logger.info if self.is_master else None)
 
     def save_rewind_point(self, update: int) -> None:
         """Once written, a rewind point is never overwritten (a resumed run passing update K again keeps it)."""

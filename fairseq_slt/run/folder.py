@@ -13,9 +13,9 @@ import sys
 import time
 from typing import List, Optional
 
-from .checkpoints import Checkpoint
-from .pruning import UserError, atomic_write_json, atomic_write_stream, atomic_write_text
-from .run_options import option_of
+from ..checkpoints import Checkpoint
+from ..pruning import UserError, atomic_write_json, atomic_write_stream, atomic_write_text
+from .options import identity_default, option_of
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +80,17 @@ def mark_done(folder: str) -> None:
 
 
 def differences(recorded: dict, current: dict) -> List[str]:
-    """'--option: A in the save dir, B here' for each identity key both know and that differs."""
+    """'--option: A in the save dir, B here' for each identity key that differs. Of the same method, a key
+    only one side records (one given only when set, as --prune-pattern, or newer than the other's version)
+    counts as its option's default on the other side; of another method, the method's line says it."""
+    same_method = recorded.get("method") == current.get("method")
+    keys = list(current) + [k for k in recorded if k not in current] if same_method else \
+        [k for k in current if k in recorded]
     lines = []
-    for key in [k for k in current if k in recorded]:
-        if recorded[key] != current[key]:
-            lines.append(f"{option_of(key)} {_show(recorded[key])} there, {_show(current[key])} here")
+    for key in keys:
+        there, here = (side[key] if key in side else identity_default(key) for side in (recorded, current))
+        if there != here:
+            lines.append(f"{option_of(key)} {_show(there)} there, {_show(here)} here")
     return lines
 
 
