@@ -1,0 +1,219 @@
+"""Serving a pruned model on CPU, side by side: fairseq dense, fairseq --sparse-inference, CTranslate2 float32
+and int8, on the same checkpoints, sentences, beam (5), batch sizes and thread counts, in one run.
+
+Each checkpoint (a trained pruned model, or ``--prune S`` magnitude-pruning a trained dense one per layer,
+one-shot) is translated by every engine at each batch size and thread count, twice per setting:
+  natural  the engine's own hypothesis lengths (max 1.2 x source + 10 tokens); BLEU (sacreBLEU,
+           detokenized, against --references) is reported from this pass
+  fixed    every hypothesis forced to exactly --fixed-length tokens (the same work for every engine)
+Each engine and setting runs in a process of its own (two engines' thread pools in one process slow each
+other down): fairseq's SequenceGenerator after prepare_for_inference_, as fairseq-generate; --sparse-inference
+as the plugin applies it (the layer plan, then the whole-step trial); CTranslate2 from `fairseq-slt
+export-ct2 --no-verify` folders; fairseq dense and sparse share a process, their passes alternating. One
+warm-up batch, then the best of --repeats timed passes. Prints
+sentences/s, the ratio to fairseq dense, BLEU, and the sizes on disk.
+Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
+"""
+import argparse
+import copy
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from fairseq_slt import sparse_inference  # noqa: E402
+from fairseq_slt.pruning import magnitude_mask, safe_load  # noqa: E402
+from fairseq_slt.pruning.io import atomic_save  # noqa: E402
+
+
+def pruned_copy(checkpoint: str, sparsity: float, folder: str) -> str:
+    state = safe_load(checkpoint)
+    weights = {n: w for n, w in state["model"].items() if w.dim() >= 2 and w.is_floating_point()}
+    mask = magnitude_mask(weights, sparsity)
+    for name, keep in mask.items():
+        state["model"][name] = torch.where(keep, state["model"][name], torch.zeros((), dtype=weights[name].dtype))
+    path = os.path.join(folder, f"pruned_{sparsity:g}.pt")
+    state.pop("last_optimizer_state", None)  # what serving never reads
+    atomic_save(state, path)
+    return path
+
+
+def load_fairseq(path: str, data: str):
+    import fairseq.tasks  # noqa: F401 (before the plugin, so that importing it registers its task)
+    import fairseq_slt.tasks  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    model = models[0].eval()
+    model.prepare_for_inference_(cfg)
+    task.load_dataset("test")
+    return task, model
+
+
+def fairseq_translate(task, model, sources, batch_size: int, fixed: int):
+    """id -> detokenized hypothesis, in batches of ``batch_size`` sentences in file order."""
+    lengths = dict(max_len_a=0, max_len_b=fixed, min_len=fixed) if fixed else dict(max_len_a=1.2, max_len_b=10)
+    generator = task.build_generator([model], argparse.Namespace(beam=5, **lengths))
+    dataset, output = task.dataset("test"), {}
+    with torch.no_grad():
+        for start in range(0, len(sources), batch_size):
+            sample = dataset.collater([dataset[i] for i in sources[start:start + batch_size]])
+            for sentence, hyps in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
+                output[sentence] = task.target_dictionary.string(hyps[0]["tokens"], "sentencepiece")
+    return output
+
+
+def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int):
+    lengths = dict(min_decoding_length=fixed, max_decoding_length=fixed) if fixed else \
+        dict(max_decoding_length=max(int(1.2 * max(len(tokens[i]) for i in sources)) + 10, 16))
+    results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=batch_size,
+                                         **lengths)
+    return {i: "".join(r.hypotheses[0]).replace("\u2581", " ").strip() for i, r in zip(sources, results)}
+
+
+def timed(run):
+    run(warm=True)
+    started = time.perf_counter()
+    output = run(warm=False)
+    return output, time.perf_counter() - started
+
+
+def export(checkpoint: str, data: str, quantization: str, folder: str) -> str:
+    out = os.path.join(folder, f"ct2-{os.path.basename(checkpoint)}-{quantization}")
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "fairseq-slt"), "export-ct2", checkpoint, out, "--data", data,
+                    "--quantization", quantization, "--no-verify", "--force"], check=True, capture_output=True,
+                   cwd=ROOT)
+    return out
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def worker(args) -> None:
+    """CTranslate2 (one precision), or fairseq dense and --sparse-inference (alternating passes: D S D S ..., so
+    that a drift of the machine's speed reaches both alike) at one batch size and thread count, in a process of
+    its own (two engines' thread pools in one process slow each other down): prints one JSON line."""
+    import json
+
+    torch.set_num_threads(args.threads[0])
+    task, model = load_fairseq(args.checkpoints[0], args.data)
+    batch_size = args.batch_sizes[0]
+    dataset = task.dataset("test")
+    count = args.sentences_batch1 if batch_size == 1 else args.sentences
+    sources = list(range(min(count, len(dataset))))
+    engines, trial = {}, None
+    if args.worker == "fairseq":
+        sparse = copy.deepcopy(model)
+        plan = sparse_inference.Plan()
+        trial = sparse_inference.StepTrial(plan)
+        sparse_inference.sparsify(sparse, plan, trial=trial)
+        engines["fairseq dense"] = lambda chosen, fixed: fairseq_translate(task, model, chosen, batch_size, fixed)
+        engines["fairseq sparse"] = lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
+    else:
+        import ctranslate2
+        tokens = {i: [task.source_dictionary[t] for t in dataset.src[i].tolist()[:-1]] for i in sources}
+        translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1,
+                                            intra_threads=args.threads[0])
+        engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed)
+    report = {name: {"sentences": len(sources)} for name in engines}
+    for fixed in (0, args.fixed_length):
+        best = {}
+        for _ in range(args.repeats):  # the best of the repeats: noise only ever slows a pass down
+            for name, translate in engines.items():
+                out, seconds = timed(lambda warm: translate(sources[:batch_size] if warm else sources, fixed))
+                best[name] = min(best.get(name, seconds), seconds)
+                if not fixed:
+                    report[name]["hyps"] = [out[i] for i in sources]
+        for name in engines:
+            report[name]["fixed" if fixed else "natural"] = len(sources) / best[name]
+    if trial is not None:
+        report["fairseq sparse"]["trial"] = trial.summary()
+    print("RESULT " + json.dumps(report), flush=True)
+
+
+def main():
+    logging.disable(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--references", help="the test set's target side, detokenized")
+    parser.add_argument("--prune", type=float, nargs="*", default=[],
+                        help="magnitude-prune each checkpoint to these sparsities (one-shot) instead of using it as is")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sentences", type=int, default=1000, help="test sentences at batch sizes > 1")
+    parser.add_argument("--sentences-batch1", type=int, default=100)
+    parser.add_argument("--fixed-length", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the best is kept)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--ct2-model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    import json
+
+    import ctranslate2
+    from sacrebleu.metrics import BLEU
+
+    started = time.perf_counter()
+    with open(args.references, encoding="utf-8") as handle:
+        refs = [line.rstrip("\n") for line in handle]
+    work = tempfile.mkdtemp(prefix="serving-")
+    print(f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, beam 5, each engine and setting in a "
+          f"process of its own (fairseq dense and sparse alternating in one), best of {args.repeats} passes; sentences/s (ratio to fairseq dense); BLEU of the "
+          "natural pass")
+    print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>16} {'fixed':>16} "
+          f"{'BLEU':>6}")
+    try:
+        checkpoints = [pruned_copy(c, s, work) for c in args.checkpoints for s in args.prune] or args.checkpoints
+        for checkpoint in checkpoints:
+            translators = {q: export(checkpoint, args.data, q, work) for q in ("float32", "int8")}
+            sizes = {q: folder_bytes(path) for q, path in translators.items()}
+            label = os.path.basename(checkpoint)
+            model = safe_load(checkpoint)["model"]
+            matrices = [w for w in model.values() if w.dim() >= 2 and w.is_floating_point()]
+            zeros = sum(int((w == 0).sum()) for w in matrices) / sum(w.numel() for w in matrices)
+            print(f"# {label}: {100 * zeros:.1f} % zeros in weight matrices; checkpoint "
+                  f"{os.path.getsize(checkpoint) / 1e6:.2f} MB, ct2 float32 {sizes['float32'] / 1e6:.2f} MB, "
+                  f"int8 {sizes['int8'] / 1e6:.2f} MB", flush=True)
+            trials = []
+            for batch_size in args.batch_sizes:
+                for threads in args.threads:
+                    base = None
+                    for worker_name in ("fairseq", "ct2 float32", "ct2 int8"):
+                        command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
+                                   "--worker", worker_name, "--batch-sizes", str(batch_size), "--threads", str(threads),
+                                   "--sentences", str(args.sentences), "--sentences-batch1", str(args.sentences_batch1),
+                                   "--fixed-length", str(args.fixed_length), "--repeats", str(args.repeats)]
+                        if worker_name.startswith("ct2"):
+                            command += ["--ct2-model", translators[worker_name.split()[1]]]
+                        done = subprocess.run(command, capture_output=True, text=True,
+                                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+                        if line is None:
+                            raise SystemExit(f"{worker_name} failed: {done.stderr[-2000:]}")
+                        for engine, report in json.loads(line[len("RESULT "):]).items():
+                            base = base or report
+                            n = report["sentences"]
+                            bleu = BLEU().corpus_score(report["hyps"], [refs[:n]]).score
+                            cells = [f"{report[k]:>8.2f} ({report[k] / base[k]:.2f}x)" for k in ("natural", "fixed")]
+                            print(f"{label[-16:]:<16} {engine:<15} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>16} "
+                                  f"{cells[1]:>16} {bleu:>6.2f}", flush=True)
+                            trials += report.get("trial", [])
+            for line in trials:
+                print(f"  --sparse-inference: {line}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
