@@ -18,10 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(ROOT, "fairseq_slt")
 MULTI30K = os.environ.get("MULTI30K_DIR", os.path.join(ROOT, "..", "shared", "data", "multi30k"))
 BIN = os.path.dirname(sys.executable)
-# fairseq-train/-generate/-preprocess run through tests/launcher.py (a fork server: fairseq imported once); the
+# fairseq-train/-generate/-preprocess and fairseq-slt run through tests/launcher.py (a fork server: fairseq imported once); the
 # shims on PATH make every caller, the iterate driver included, use it. FAIRSEQ_SLT_TEST_LAUNCHER=0: plain.
 SHIMS = tempfile.mkdtemp(prefix="slt-shims-")
-LAUNCHED = ("fairseq-train", "fairseq-generate", "fairseq-preprocess")
+LAUNCHED = ("fairseq-train", "fairseq-generate", "fairseq-preprocess", "fairseq-slt")
 USE_LAUNCHER = os.environ.get("FAIRSEQ_SLT_TEST_LAUNCHER", "1") != "0"
 
 TINY_MODEL = (

@@ -7,7 +7,8 @@ forks, and the child runs the console script's own entry point (``cli_main``) wi
 atexit hooks as an interpreter exit would, and exits with the same status a real process would.
 A child whose client dies (killed) is killed too. ``SLT_TEST_HOOK=FILE`` in a request's environment: the
 child runs FILE first (a fault to inject, as a sitecustomize would in a real process). Client side: standard
-library only.
+library only. ``fairseq-slt`` runs the same way, its module imported in the child only: the server never
+imports the plugin, so a tool run without ``--user-dir`` is stock fairseq.
 """
 import json
 import os
@@ -20,9 +21,16 @@ TOOLS = {"fairseq-train": "fairseq_cli.train", "fairseq-generate": "fairseq_cli.
          "fairseq-preprocess": "fairseq_cli.preprocess"}
 
 
+def _plugin_main():
+    """fairseq-slt's console script, imported in the forked child (torch and fairseq already are)."""
+    from fairseq_slt.cli.main import main
+    sys.exit(main())
+
+
 def serve(path: str) -> None:
     import importlib
     entries = {tool: importlib.import_module(module).cli_main for tool, module in TOOLS.items()}
+    entries["fairseq-slt"] = _plugin_main
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
@@ -70,6 +78,8 @@ def _child(entry, request, fds) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    # as a new interpreter would: PYTHONPATH first (for what the server has not imported itself)
+    sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.argv = [request["tool"], *request["args"]]
     code = 0
     try:
