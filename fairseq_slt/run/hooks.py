@@ -25,6 +25,7 @@ from .ranks import check_ranks
 logger = logging.getLogger(__name__)
 MASK_FILE, REPORT_FILE = "mask.pt", "mask_report.json"
 
+
 class Phase(enum.Enum):
     NEW = "new"  # starts afresh: its mask and start weights are applied at the first update
     RESUME = "resume"  # continues a checkpoint of this run: its stored mask, the weights fairseq restores
