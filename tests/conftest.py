@@ -36,18 +36,6 @@ TRAINING = (
 ).split()
 
 
-# the longest files first (measured: the table recipe's test alone is about 200 s): with one worker per core
-# (pytest-xdist --dist loadfile hands out files in this order) the short files fill in beside them, instead
-# of the longest one starting last and running alone
-LONGEST_FIRST = ("test_recipes.py", "test_iterate.py", "test_distributed.py", "test_export_ct2.py",
-                 "test_contract.py", "test_compact.py", "test_full_disk.py", "test_master_weights.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable: in-file order kept
-
-
 def env():
     variables = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     variables["PATH"] = os.pathsep.join([SHIMS, BIN, variables.get("PATH", "")])
