@@ -29,6 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from fairseq_slt import sparse_inference  # noqa: E402
+from fairseq_slt.cli.export_ct2 import _folder_bytes, detokenize  # noqa: E402
 from fairseq_slt.pruning import magnitude_mask, safe_load  # noqa: E402
 from fairseq_slt.pruning.io import atomic_save  # noqa: E402
 
@@ -75,7 +76,7 @@ def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int):
         dict(max_decoding_length=max(int(1.2 * max(len(tokens[i]) for i in sources)) + 10, 16))
     results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=batch_size,
                                          **lengths)
-    return {i: "".join(r.hypotheses[0]).replace("\u2581", " ").strip() for i, r in zip(sources, results)}
+    return {i: detokenize(r.hypotheses[0], "sentencepiece") for i, r in zip(sources, results)}
 
 
 def timed(run):
@@ -91,10 +92,6 @@ def export(checkpoint: str, data: str, quantization: str, folder: str) -> str:
                     "--quantization", quantization, "--no-verify", "--force"], check=True, capture_output=True,
                    cwd=ROOT)
     return out
-
-
-def folder_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
 def worker(args) -> None:
@@ -176,7 +173,7 @@ def main():
         checkpoints = [pruned_copy(c, s, work) for c in args.checkpoints for s in args.prune] or args.checkpoints
         for checkpoint in checkpoints:
             translators = {q: export(checkpoint, args.data, q, work) for q in ("float32", "int8")}
-            sizes = {q: folder_bytes(path) for q, path in translators.items()}
+            sizes = {q: _folder_bytes(path) for q, path in translators.items()}
             label = os.path.basename(checkpoint)
             model = safe_load(checkpoint)["model"]
             matrices = [w for w in model.values() if w.dim() >= 2 and w.is_floating_point()]

@@ -38,7 +38,7 @@ from fairseq import checkpoint_utils, file_io
 from fairseq.distributed import utils as distributed_utils
 
 from . import broadcast_fix, clean_exit, compact_loading
-from .pruning.io import atomic_save, atomic_write_stream, one_line, user_exit
+from .pruning.io import atomic_save, atomic_write_stream, usage_exit, user_exit
 
 _fairseq_copy = None
 _fairseq_save = None
@@ -72,7 +72,7 @@ def install() -> None:
 def one_line_usage_error(parser: argparse.ArgumentParser, message: str):
     if not str(parser.prog).startswith("fairseq-"):  # parsers other than fairseq's: as they were
         return _argparse_error(parser, message)
-    parser.exit(2, f"{parser.prog}: error: {one_line(message)} (see {parser.prog} --help)\n")
+    usage_exit(parser, message)
 
 
 def checked_load_ensemble(filenames, *args, **kwargs):

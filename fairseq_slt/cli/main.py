@@ -50,9 +50,9 @@ class _Parser(argparse.ArgumentParser):
     """A usage error is one line, as every other refusal of the package (status 2, as argparse's)."""
 
     def error(self, message):
-        from ..pruning.io import one_line
+        from ..pruning.io import usage_exit
 
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        usage_exit(self, message)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

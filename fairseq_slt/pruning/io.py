@@ -28,6 +28,11 @@ def one_line(message) -> str:
     return str(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
+def usage_exit(parser, message: str):
+    """An argparse usage error as one line (status 2, as argparse's), for fairseq-slt's parser and fairseq's."""
+    parser.exit(2, f"{parser.prog}: error: {one_line(message)} (see {parser.prog} --help)\n")
+
+
 def user_exit(message) -> SystemExit:
     """Inside fairseq-train/-generate: the refusal's one line on stderr, and the exit (status 2) to raise."""
     print(f"fairseq-slt: error: {one_line(message)}", file=sys.stderr, flush=True)

@@ -91,6 +91,7 @@ class PruningOptions:
 
 IDENTITY = {f.name: f.metadata["identity"] for f in dataclasses.fields(PruningOptions) if f.metadata["identity"]}
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(PruningOptions)}
+FIELD_OF_KEY = {(spec.key or name): name for name, spec in IDENTITY.items()}  # identity key -> its option
 OTHER_INPUTS = {"seed": "--seed", "dictionaries": "the data's dictionaries"}  # identity keys that are not --prune-*
 
 
@@ -160,16 +161,15 @@ def validate_options(cfg, check_files: bool = True) -> None:
 
 def option_of(key: str) -> str:
     """The command-line option (or input) a user changes to change an identity key."""
-    names = {(spec.key or name): "--" + name.replace("_", "-") for name, spec in IDENTITY.items()}
-    return names.get(key) or OTHER_INPUTS.get(key) or "--" + key.replace("_", "-")
+    if key in FIELD_OF_KEY:
+        return "--" + FIELD_OF_KEY[key].replace("_", "-")
+    return OTHER_INPUTS.get(key) or "--" + key.replace("_", "-")
 
 
 def identity_default(key: str):
     """The value an identity key has when its option is not given (None for keys no option declares)."""
-    for name, spec in IDENTITY.items():
-        if (spec.key or name) == key:
-            return spec.value(DEFAULTS[name])
-    return None
+    name = FIELD_OF_KEY.get(key)
+    return IDENTITY[name].value(DEFAULTS[name]) if name is not None else None
 
 
 def run_identity(cfg, dictionaries: Optional[str]) -> dict:
