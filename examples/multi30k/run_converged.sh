@@ -5,6 +5,7 @@
 # cell the table, JSON and plot are written to PUBLISH and, with COMMIT_REPO set, committed there (only
 # those files), so a lost machine loses only the runs in flight. Resumable.
 #   T=3500 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
+# CHAINS=a (or b) runs one chain only, e.g. to leave the other core to other work.
 : "${T:?set T, from the dense curve (fairseq-slt curve prints it)}"
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 : "${WORK:=$ROOT_DIR/runs/multi30k-T$T}" "${PUBLISH:=${COMMIT_REPO:-$ROOT_DIR}/docs/results/converged}"
@@ -40,7 +41,7 @@ chain_a() {  # SLT level by level, SLT-MP from SLT 50 %, the sign control; then 
 }
 
 wait_for() {  # MARKER: chain b's one cell that needs chain a's (SLT 50 %) waits for it while chain a runs
-  until [ -e "$1" ]; do kill -0 "$a" 2>/dev/null || { echo "error: chain a ended before $1"; return 1; }; sleep 60; done
+  until [ -e "$1" ]; do { [ "$a" != 0 ] && kill -0 "$a" 2>/dev/null; } || { echo "error: chain a ended before $1"; return 1; }; sleep 60; done
 }
 
 chain_b() {  # needs no dense run of seed 1, so it starts with it: a second dense seed (the noise), MP at every
@@ -57,8 +58,9 @@ chain_b() {  # needs no dense run of seed 1, so it starts with it: a second dens
 }
 
 bash "$R/01_prepare.sh" > "$WORK/prepare.log" 2>&1 || { tail -n 5 "$WORK/prepare.log"; exit 1; }
-( set -o pipefail; { bash "$R/02_train_dense.sh" && publish "dense" && chain_a; } 2>&1 | sed -u 's/^/[a] /' ) & a=$!
-( set -o pipefail; chain_b 2>&1 | sed -u 's/^/[b] /' ) & b=$!
-wait "$a" || failed=a
-wait "$b" || failed="${failed:+$failed and }b"
+case " ${CHAINS:=a b} " in *" a "*) ;; *" b "*) a=0 ;; *) echo "error: CHAINS must name a, b or both, got $CHAINS"; exit 1 ;; esac
+[ -n "${a:-}" ] || { ( set -o pipefail; { bash "$R/02_train_dense.sh" && publish "dense" && chain_a; } 2>&1 | sed -u 's/^/[a] /' ) & a=$!; }
+case " $CHAINS " in *" b "*) ( set -o pipefail; chain_b 2>&1 | sed -u 's/^/[b] /' ) & b=$! ;; esac
+[ "$a" = 0 ] || wait "$a" || failed=a
+[ -z "${b:-}" ] || wait "$b" || failed="${failed:+$failed and }b"
 [ -z "${failed:-}" ] || { echo "error: chain(s) $failed failed (lines above; rerun to resume)"; exit 1; }
