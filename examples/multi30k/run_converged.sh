@@ -3,7 +3,8 @@
 # 5 % of T, MP until 80 % of T every 2 %; levels up to 98 %. Two one-thread chains side by side from the start
 # (a: dense, then SLT and its kin; b: dense seed 2, MP and its kin), the claims' cells first; after each
 # cell the table, JSON and plot are written to PUBLISH and, with COMMIT_REPO set, committed there (only
-# those files), so a lost machine loses only the runs in flight. Resumable.
+# those files and the finished runs packed under runs/), so a lost machine loses only the runs in flight: a
+# new one unpacks the packed runs and goes on. Resumable.
 #   T=3500 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
 # CHAINS=a (or b) runs one chain only, e.g. to leave the other core to other work.
 : "${T:?set T, from the dense curve (fairseq-slt curve prints it)}"
@@ -14,9 +15,13 @@ export MAX_UPDATE THREADS WORK
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 R="$RECIPE_DIR"
 
-publish() {  # the table of every finished cell, written (and committed) one chain at a time
+STORE="$PUBLISH/runs"
+source "$R/store.sh"
+
+publish() {  # the table of every finished cell, written (and committed) one chain at a time, and its runs packed
   (
     flock 9
+    pack_finished || { echo "publish: packing failed"; exit 0; }
     fairseq-slt results "$WORK" --generate-command "$GENERATE_COMMAND" --beam "$BEAM" --remove-bpe sentencepiece \
       --references "$WORK/data/text/test.$TGT" --chrf --table "$PUBLISH/table.md" --plot "$PUBLISH/bleu_vs_sparsity.png" \
       --json "$PUBLISH/results.json" --force > "$WORK/publish.log" 2>&1 || { tail -n 3 "$WORK/publish.log"; exit 0; }
@@ -58,6 +63,7 @@ chain_b() {  # needs no dense run of seed 1, so it starts with it: a second dens
 }
 
 bash "$R/01_prepare.sh" > "$WORK/prepare.log" 2>&1 || { tail -n 5 "$WORK/prepare.log"; exit 1; }
+restore || { echo "error: restoring the packed runs of $STORE failed"; exit 1; }
 case " ${CHAINS:=a b} " in *" a "*) ;; *" b "*) a=0 ;; *) echo "error: CHAINS must name a, b or both, got $CHAINS"; exit 1 ;; esac
 [ -n "${a:-}" ] || { ( set -o pipefail; { bash "$R/02_train_dense.sh" && publish "dense" && chain_a; } 2>&1 | sed -u 's/^/[a] /' ) & a=$!; }
 case " $CHAINS " in *" b "*) ( set -o pipefail; chain_b 2>&1 | sed -u 's/^/[b] /' ) & b=$! ;; esac

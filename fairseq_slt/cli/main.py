@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "decompress": ("decompress", "a compact file -> a standard fairseq checkpoint (bit-identical fp32 weights)"),
     "export-ct2": ("export_ct2", "a pruned checkpoint or compact file -> a CTranslate2 model (int8 etc.), verified "
                    "against fairseq-generate"),
+    "pack": ("pack", "a finished run folder -> one archive (checkpoints compact, no optimizer state) to keep or move"),
+    "unpack": ("unpack", "an archive of pack -> the run folder again (bit-identical weights and masks)"),
     "user-dir": (None, "print the absolute --user-dir path of the installed plugin"),
     "link-user-dir": (None, "make '--user-dir fairseq_slt' work from any folder after an editable install"),
 }

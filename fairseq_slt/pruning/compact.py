@@ -51,10 +51,11 @@ def _join_planes(data: bytes, count: int, itemsize: int) -> np.ndarray:
 
 
 def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32",
-             masks: Mapping[str, torch.Tensor] = {}) -> Tuple[dict, List[dict]]:
+             masks: Mapping[str, torch.Tensor] = {}, dense_ok: bool = False) -> Tuple[dict, List[dict]]:
     """(compact state, per-tensor report rows) for a state dict; ``meta``: the rest of the checkpoint;
     ``masks``: the run's pruning mask, name -> bool tensor (True: kept); each masked matrix's bitmap is
-    its mask, see ``expand_with_mask``. A weight that is not zero where the mask prunes is refused.
+    its mask, see ``expand_with_mask``. A weight that is not zero where the mask prunes is refused, and so
+    is a dense state dict unless ``dense_ok`` (its compact file is its unique tensors, tied ones once).
 
     Every byte of weights goes into one blob (one storage in the file); ``index`` locates each tensor."""
     if values not in VALUE_DTYPES:
@@ -108,7 +109,7 @@ def compress(model: Mapping[str, torch.Tensor], meta: dict, values: str = "fp32"
             row.update(kind="dense", bytes=dense_bytes)
         entries.append(entry)
         report.append(row)
-    if matrix_total == 0 or matrix_zeros < MIN_SPARSITY * matrix_total:
+    if not dense_ok and (matrix_total == 0 or matrix_zeros < MIN_SPARSITY * matrix_total):
         raise UserError(
             f"the checkpoint is dense (its weight matrices are {100 * matrix_zeros / max(matrix_total, 1):.2f} % "
             f"zeros, below {100 * MIN_SPARSITY:.0f} %): a compact file would be no smaller; compress a pruned checkpoint")

@@ -1,0 +1,67 @@
+"""``fairseq-slt unpack``: an archive of ``fairseq-slt pack`` -> the run folder again, every checkpoint a
+standard fairseq checkpoint (bit-identical fp32 weights and mask, no optimizer state)."""
+import os
+import shutil
+import tarfile
+import tempfile
+
+from ..checkpoints import from_compact
+from ..pruning import UserError, atomic_save, safe_load
+from ..pruning.compact import is_compact
+
+
+def add_arguments(parser):
+    parser.add_argument("archive", metavar="ARCHIVE", help="an archive written by fairseq-slt pack")
+    parser.add_argument("run", metavar="RUN", help="the run folder to restore it to (must not exist, or be empty)")
+    parser.add_argument("--force", action="store_true", help="replace RUN if it has files")
+
+
+def main(args):
+    count = unpack(args.archive, args.run, args.force)
+    print(f"unpacked {args.archive}: {count} files in {args.run}")
+    return 0
+
+
+def unpack(archive_path: str, run: str, force: bool = False) -> int:
+    if not os.path.isfile(archive_path):
+        raise UserError(f"archive not found: {archive_path}")
+    if os.path.isdir(run) and os.listdir(run) and not force:
+        raise UserError(f"{run} exists and has files; pass --force to replace it")
+    if os.path.exists(run) and not os.path.isdir(run):
+        raise UserError(f"{run} exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(run))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-unpack-", dir=parent)  # filled whole, then renamed into place
+    try:
+        count = _extract(archive_path, staging)
+        if os.path.isdir(run):
+            old = tempfile.mkdtemp(prefix=".tmp-replaced-", dir=parent)
+            os.replace(run, os.path.join(old, "run"))
+            os.replace(staging, run)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, run)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return count
+
+
+def _extract(archive_path: str, into: str) -> int:
+    try:
+        with tarfile.open(archive_path, "r:gz") as archive:
+            members = archive.getmembers()
+            for member in members:
+                if not member.isfile():
+                    raise UserError(f"{archive_path} holds {member.name!r}, which is not a plain file: not an "
+                                    "archive of fairseq-slt pack")
+            archive.extractall(into, filter="data")  # refuses absolute paths and paths leaving the folder
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise UserError(f"cannot read archive {archive_path}: {type(err).__name__}: {err}") from None
+    for member in members:
+        path = os.path.join(into, member.name)
+        if path.endswith(".pt"):
+            state = safe_load(path, f"{member.name} in {archive_path}")
+            if is_compact(state):
+                atomic_save(from_compact(state, f"{member.name} in {archive_path}"), path)
+                os.utime(path, (member.mtime, member.mtime))
+    return len(members)

@@ -1,0 +1,151 @@
+"""fairseq-slt pack / unpack: a finished run folder kept as one small archive and restored with every
+checkpoint's weights, mask and reported figures bit-identical (what the converged protocol commits so that a
+lost machine loses only the runs in flight)."""
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+
+import torch
+
+from conftest import env, load, run_tool
+from fairseq_slt.checkpoints import Checkpoint
+from fairseq_slt.pruning import atomic_save
+
+
+def _bits(tensor):
+    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def _files(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, names in os.walk(folder) for name in names)
+
+
+def _results(run, tmp_path, name):
+    out = str(tmp_path / f"{name}.json")
+    run_tool("fairseq-slt", "results", run, "--json", out, "--subset", "test", "--beam", 2)
+    with open(out) as handle:
+        row = json.load(handle)["rows"][0]
+    row["score"].pop("command")  # names the checkpoint's path
+    return {key: row[key] for key in ("sparsity", "seed", "updates", "train_seconds", "dense_fp32_bytes",
+                                      "bitmap_fp32_bytes", "score")}
+
+
+def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_run, slt_run, tmp_path):
+    for name, source in (("dense", dense_run["dir"]), ("slt", slt_run["dir"])):
+        run = str(tmp_path / name)  # a copy: results writes its scores beside the checkpoint
+        shutil.copytree(source, run)
+        archive, restored = str(tmp_path / f"{name}.tar.gz"), str(tmp_path / "restored" / name)
+        printed = run_tool("fairseq-slt", "pack", run, archive).stdout
+        assert "checkpoints compact" in printed and archive in printed
+        run_tool("fairseq-slt", "unpack", archive, restored)
+        assert _files(restored) == _files(run)
+        checkpoints = [f for f in _files(run) if f.endswith(".pt") and f != "mask.pt"]
+        assert len(checkpoints) >= 4, checkpoints  # best, last and two rewind points
+        for file in _files(run):
+            before, after = os.path.join(run, file), os.path.join(restored, file)
+            if file not in checkpoints:
+                with open(before, "rb") as a, open(after, "rb") as b:
+                    assert a.read() == b.read(), file
+                continue
+            original, back = load(before), load(after)
+            assert original["model"].keys() == back["model"].keys()
+            for key, tensor in original["model"].items():
+                assert torch.equal(_bits(tensor), _bits(back["model"][key])), (file, key)  # -0.0 vs +0.0 too
+            assert "last_optimizer_state" not in back  # what only training needs is left out
+            for key in ("cfg", "optimizer_history"):
+                assert back[key] == original[key], (file, key)
+            kept = {k: v for k, v in original["extra_state"].items() if k not in ("metrics", "TranslationSLTTask")}
+            assert {k: back["extra_state"][k] for k in kept} == kept, file
+            mask, mask_back = Checkpoint(before).mask(), Checkpoint(after).mask()
+            assert (mask is None) == (mask_back is None), file
+            if mask is not None:
+                assert mask.sparsity() > 0.7 and all(torch.equal(mask[n], mask_back[n]) for n in mask), file
+        assert _results(restored, tmp_path, f"{name}-restored") == _results(run, tmp_path, name)
+    sizes = {name: os.path.getsize(tmp_path / f"{name}.tar.gz") for name in ("dense", "slt")}
+    originals = {name: sum(os.path.getsize(os.path.join(run, f)) for f in _files(run))
+                 for name, run in (("dense", dense_run["dir"]), ("slt", slt_run["dir"]))}
+    # no optimizer state, tied embeddings once, the 80 % run's matrices as bitmap + kept values
+    assert sizes["dense"] < 0.5 * originals["dense"] and sizes["slt"] < 0.5 * sizes["dense"], (sizes, originals)
+
+
+def _one_error_line(result, *fragments):
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-2000:]
+
+
+def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run, tmp_path):
+    unfinished = str(tmp_path / "unfinished")
+    os.makedirs(unfinished)
+    shutil.copy(os.path.join(dense_run["dir"], "run.json"), unfinished)
+    state = load(dense_run["last"])
+    state["cfg"]["optimization"]["max_update"] = 100
+    atomic_save(state, os.path.join(unfinished, "checkpoint_last.pt"))
+    archive = str(tmp_path / "run.tar.gz")
+    _one_error_line(run_tool("fairseq-slt", "pack", unfinished, archive, check=False), "not finished",
+                    "at update 16 of 100")
+    _one_error_line(run_tool("fairseq-slt", "pack", str(tmp_path), archive, check=False), "not a run folder")
+    assert not os.path.exists(archive)
+
+    run_tool("fairseq-slt", "pack", slt_run["dir"], archive)
+    with open(archive, "rb") as handle:
+        packed = handle.read()
+    _one_error_line(run_tool("fairseq-slt", "pack", dense_run["dir"], archive, check=False), "exists", "--force")
+    with open(archive, "rb") as handle:
+        assert handle.read() == packed
+
+    _one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, check=False), "has files", "--force")
+    assert _files(unfinished) == ["checkpoint_last.pt", "run.json"]
+    run_tool("fairseq-slt", "unpack", archive, unfinished, "--force")
+    assert _files(unfinished) == _files(slt_run["dir"])
+
+    truncated = str(tmp_path / "truncated.tar.gz")
+    with open(truncated, "wb") as handle:
+        handle.write(packed[: len(packed) // 2])
+    _one_error_line(run_tool("fairseq-slt", "unpack", truncated, str(tmp_path / "t"), check=False), "cannot read")
+    assert not os.path.exists(tmp_path / "t")
+
+    escaping = str(tmp_path / "escaping.tar.gz")
+    with tarfile.open(escaping, "w:gz") as handle:
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 3
+        handle.addfile(info, io.BytesIO(b"bad"))
+    _one_error_line(run_tool("fairseq-slt", "unpack", escaping, str(tmp_path / "e"), check=False), "cannot read")
+    assert not os.path.exists(tmp_path / "outside.txt") and not os.path.exists(tmp_path / "e")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # no staging folder left behind
+
+
+def test_the_converged_driver_packs_finished_runs_and_a_new_machine_goes_on_from_them(dense_run, slt_run, tmp_path):
+    """examples/multi30k/store.sh, as run_converged.sh uses it: finished runs packed once; WORK lost; restored."""
+    work, store = str(tmp_path / "work"), str(tmp_path / "store")
+    shutil.copytree(dense_run["dir"], os.path.join(work, "dense"))
+    shutil.copytree(slt_run["dir"], os.path.join(work, "slt", "slt_0.8"))
+    shutil.copytree(slt_run["dir"], os.path.join(work, "slt", "slt_0.9"))  # in flight: no .done, not packed
+    for run in ("dense", "slt/slt_0.8"):
+        open(os.path.join(work, run, ".done"), "w").close()
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "multi30k",
+                          "store.sh")
+
+    def store_sh(command):
+        result = subprocess.run(["bash", "-c", f'set -euo pipefail; source "{script}"; {command}'], capture_output=True,
+                                text=True, env=dict(env(), WORK=work, STORE=store), timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    assert store_sh("pack_finished").count("packed ") == 2
+    assert sorted(_files(store)) == ["dense.tar.gz", os.path.join("slt", "slt_0.8.tar.gz")]
+    assert store_sh("pack_finished") == ""  # packed once
+    shutil.move(work, str(tmp_path / "lost"))  # the machine is gone
+    assert store_sh("restore").count("unpacked ") == 2
+    assert store_sh("restore") == ""  # finished runs are left as they are
+    lost = str(tmp_path / "lost")
+    assert sorted(os.listdir(work)) == ["dense", "slt"] and os.listdir(os.path.join(work, "slt")) == ["slt_0.8"]
+    for run in ("dense", "slt/slt_0.8"):
+        assert _files(os.path.join(work, run)) == _files(os.path.join(lost, run))
+        for name in ("checkpoint_best.pt", "checkpoint_rewind_4.pt" if run == "dense" else "checkpoint_rewind_0.pt"):
+            before, after = load(os.path.join(lost, run, name)), load(os.path.join(work, run, name))
+            assert all(torch.equal(_bits(v), _bits(after["model"][k])) for k, v in before["model"].items())
