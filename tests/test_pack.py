@@ -1,6 +1,7 @@
 """fairseq-slt pack / unpack: a finished run folder kept as one small archive and restored with every
 checkpoint's weights, mask and reported figures bit-identical (what the converged protocol commits so that a
 lost machine loses only the runs in flight)."""
+import fcntl
 import io
 import json
 import os
@@ -99,6 +100,10 @@ def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run,
         assert handle.read() == packed
 
     _one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, check=False), "has files", "--force")
+    live = os.open(unfinished, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live fairseq-train run holds its save dir
+    _one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, "--force", check=False), "in use")
+    os.close(live)
     assert _files(unfinished) == ["checkpoint_last.pt", "run.json"]
     run_tool("fairseq-slt", "unpack", archive, unfinished, "--force")
     assert _files(unfinished) == _files(slt_run["dir"])

@@ -8,6 +8,7 @@ import tempfile
 from ..checkpoints import from_compact
 from ..pruning import UserError, atomic_save, safe_load
 from ..pruning.compact import is_compact
+from ..run import folder as run_folder
 
 
 def add_arguments(parser):
@@ -29,6 +30,8 @@ def unpack(archive_path: str, run: str, force: bool = False) -> int:
         raise UserError(f"{run} exists and has files; pass --force to replace it")
     if os.path.exists(run) and not os.path.isdir(run):
         raise UserError(f"{run} exists and is not a folder")
+    if os.path.isdir(run):
+        run_folder.lock(run, "run folder")  # never replaced under a live run
     parent = os.path.dirname(os.path.abspath(run))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-unpack-", dir=parent)  # filled whole, then renamed into place
