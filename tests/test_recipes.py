@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import MULTI30K, ROOT, TINY_MODEL, TRAINING, env, load, train_killed_when
 
@@ -90,6 +91,12 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     assert data["claims"][1]["verdict"] == "not run"  # no level from 90 % in this tiny table
     total = sum(r["train_seconds"] for r in data["rows"]) / 3600
     assert f"Training time (fairseq's wall time of each run, validation included): 12 runs, {total:.2f} h" in table
+    # where the runs were trained, from each run.json: this machine, with the recipe's one thread
+    setup = {r["environment"]["cpu_capability"] for r in data["rows"]}, {r["environment"]["threads"] for r in data["rows"]}
+    assert setup == ({torch.backends.cpu.get_cpu_capability()}, {1}), setup
+    assert all(r["environment"]["torch"] == torch.__version__ for r in data["rows"])
+    cpu = data["rows"][0]["environment"]["cpu"]
+    assert f"Trained on: {cpu} ({torch.backends.cpu.get_cpu_capability()}), 1 threads, torch {torch.__version__}." in table
 
     # the deploy step: a compact file and a verified CTranslate2 model of a pruned run
     if importlib.util.find_spec("ctranslate2"):
@@ -109,6 +116,10 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     train_killed_when(os.path.join(work, "data", "data-bin"), extra, os.path.join(extra, "checkpoint_rewind_3.pt"),
                       "--prune-method", "none", "--save-rewind-points", "3", "--save-interval-updates", "2",
                       max_update=200)
+    manifest = os.path.join(work, "mp", "mp_0.8", "run.json")  # as if trained elsewhere
+    recorded = json.load(open(manifest))
+    recorded["environment"]["threads"] = 2
+    json.dump(recorded, open(manifest, "w"))
     again = recipe("09_results.sh", work)
     assert again.returncode == 0, again.stderr[-3000:]
     scored = [line for line in again.stderr.splitlines() if line.startswith("scoring ")]
@@ -117,6 +128,8 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     rescored = {os.path.relpath(r["run"], work): r for r in json.load(open(os.path.join(work, "results",
                                                                                        "results.json")))["rows"]}
     assert rescored["slt/slt_0.8"]["score"]["bleu"] == by_run["slt/slt_0.8"]["score"]["bleu"]
+    assert "Trained on 2 setups, which give the same command other results: " in again.stdout
+    assert f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), 2 threads, torch {torch.__version__}: 1 runs" in again.stdout
 
     # runs are reused only with the settings they were made with: every stage of WORK depends on its data and
     # its dense run, so WORK has one set of settings

@@ -42,12 +42,28 @@ def markdown(result: dict, chrf: bool) -> str:
     if timed:
         notes.append(f"Training time (fairseq's wall time of each run, validation included): {len(timed)} runs, "
                      f"{sum(timed) / 3600:.2f} h in all, median {statistics.median(timed) / 60:.1f} min.")
+    notes += _environments(result["rows"])
     if "claims" in result:
         notes += claims.notes(result)
     notes += cost_table(rows, labels, levels)
     for item in result["unfinished"]:
         notes.append(f"Unfinished: {item['run']} ({item['why']})")
     return "\n".join(lines + notes) + "\n"
+
+
+def _environments(rows: List[dict]) -> List[str]:
+    """Where the runs were trained (run.json): the same command gives other floats on another processor."""
+    setups = {}
+    for row in rows:
+        env = row.get("environment")
+        key = "not recorded" if not env else (
+            f"{env.get('cuda') or env.get('cpu')} ({env.get('cpu_capability')}), {env.get('threads')} threads, "
+            f"torch {env.get('torch')}")
+        setups.setdefault(key, []).append(row)
+    if len(setups) == 1:
+        return [f"Trained on: {next(iter(setups))}."]
+    return [f"Trained on {len(setups)} setups, which give the same command other results: "
+            + "; ".join(f"{key}: {len(group)} runs" for key, group in sorted(setups.items())) + "."]
 
 
 def cost_table(rows: List[dict], labels: List[str], levels: List[float]) -> List[str]:

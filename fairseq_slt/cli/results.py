@@ -136,6 +136,7 @@ def collect(args) -> dict:
                      "target_sparsity": float(identity.get("prune_sparsity") or 0.0),
                      "sparsity": round(mask.sparsity(), 6) if mask is not None else 0.0,
                      "checkpoint": checkpoint_path, "train_command": manifests[run].get("command"),
+                     "environment": manifests[run].get("environment"),
                      "seed": identity.get("seed"), "updates": updates_of(run), "train_seconds": train_seconds(run),
                      **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args)})
     spent = {row["run"]: (row["updates"], row["train_seconds"]) for row in rows}

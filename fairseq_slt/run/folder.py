@@ -5,9 +5,11 @@ dictionaries). A command whose identity differs from the one recorded in its sav
 before anything is written. No fairseq import here.
 """
 import fcntl
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import re
 import sys
 import time
@@ -163,8 +165,30 @@ def write_manifest(save_dir: str, identity: dict) -> None:
     path = os.path.join(save_dir, MANIFEST)
     if os.path.isfile(path):
         return
-    atomic_write_json({"format": "fairseq-slt-run", "version": 1, "identity": identity,
-                       "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, path)
+    atomic_write_json({"format": "fairseq-slt-run", "version": 1, "identity": identity, "command": sys.argv,
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()}, path)
+
+
+def environment() -> dict:
+    """What the same command's floats depend on besides the seed: the processor and the kernels torch picks
+    for it, the threads, the library versions (the same run on two processors differs measurably)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "fairseq-fixed", "fairseq"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version(), **versions}
 
 
 def _show(value) -> str:
