@@ -103,6 +103,7 @@ CHECKPOINT_COMMANDS = {
                  {"NaN weights", "other architecture", "other vocabulary"}),
     "decompress": (["decompress", "{input}", "{out}/plain.pt"], set()),
     "export-ct2": (["export-ct2", "{input}", "{out}/ct2", "--no-verify"], {"NaN weights"}),
+    "unpack": (["unpack", "{input}", "{out}/run"], set()),  # an archive: no kind of these is one
 }
 
 
@@ -154,6 +155,7 @@ def _make_folder(kind, work):
     ("results", ["results", "{input}", "--json", "{out}/results.json"]),
     ("curve", ["curve", "{input}", "--references-dir", "{out}", "--tgt", "de", "--json", "{out}/curve.json"]),
     ("iterate", ["iterate", "--work-dir", "{out}/work", "--levels", "0.5", "--rewind-k", "2", "--", "{input}"]),
+    ("pack", ["pack", "{input}", "{out}/run.tar.gz"]),
 ])
 def test_every_subcommand_taking_a_folder_refuses_every_bad_one(command, argv, tmp_path):
     for kind in FOLDER_KINDS:
@@ -322,6 +324,7 @@ def test_no_output_is_replaced_without_force(dense_run, slt_run, tmp_path):
         "decompress OUTPUT": ["decompress", slt_run["best"], str(existing)],
         "export-ct2 OUT_DIR": ["export-ct2", slt_run["best"], str(existing), "--no-verify"],
         "results --json": ["results", slt_run["dir"], "--no-score", "--json", str(existing)],
+        "pack OUT": ["pack", slt_run["dir"], str(existing)],
         "curve --json": ["curve", dense_run["dir"], "--references-dir", str(tmp_path), "--tgt", "de", "--json",
                          str(existing)],
     }
