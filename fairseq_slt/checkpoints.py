@@ -114,11 +114,16 @@ def rewind_point_path(save_dir: str, update: int) -> str:
 def write_model_checkpoint(
     path: str, model_state: Dict[str, torch.Tensor], cfg: dict, num_updates: int, epoch: int, task_state: dict
 ) -> None:
-    """Atomically write model weights as a regular fairseq checkpoint (no optimizer state)."""
+    """Atomically write model weights as a regular fairseq checkpoint (no optimizer state); tied tensors stay
+    one tensor (one copy in the file), as in fairseq's own checkpoints."""
+    first_of, copies = aliases(model_state), {}
+    for name, first in first_of.items():
+        if first == name:
+            copies[name] = model_state[name].detach().cpu().clone()
     state = {
         "args": None,
         "cfg": cfg,
-        "model": {k: v.detach().cpu().clone() for k, v in model_state.items()},
+        "model": {name: copies[first_of[name]] for name in model_state},
         "criterion": None,
         "optimizer_history": [{
             "criterion_name": (cfg.get("criterion") or {}).get("_name", "label_smoothed_cross_entropy_slt"),

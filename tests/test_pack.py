@@ -39,6 +39,14 @@ def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_ru
     for name, source in (("dense", dense_run["dir"]), ("slt", slt_run["dir"])):
         run = str(tmp_path / name)  # a copy: results writes its scores beside the checkpoint
         shutil.copytree(source, run)
+        rewind = os.path.join(run, "checkpoint_rewind_4.pt" if name == "dense" else "checkpoint_rewind_0.pt")
+        tied = load(rewind)["model"]  # rewind points keep tied embeddings one tensor, as fairseq's checkpoints
+        assert tied["decoder.output_projection.weight"].data_ptr() == tied["encoder.embed_tokens.weight"].data_ptr()
+        if name == "dense":
+            shutil.copy(dense_run["best"], os.path.join(run, "checkpoint_copy.pt"))  # the same weights twice
+            legacy = load(dense_run["rewind0"])  # as rewind points were written before: every name its own copy
+            legacy["model"] = {k: v.clone() for k, v in legacy["model"].items()}
+            atomic_save(legacy, os.path.join(run, "checkpoint_rewind_0.pt"))
         archive, restored = str(tmp_path / f"{name}.tar.gz"), str(tmp_path / "restored" / name)
         printed = run_tool("fairseq-slt", "pack", run, archive).stdout
         assert "checkpoints compact" in printed and archive in printed
@@ -66,6 +74,12 @@ def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_ru
             if mask is not None:
                 assert mask.sparsity() > 0.7 and all(torch.equal(mask[n], mask_back[n]) for n in mask), file
         assert _results(restored, tmp_path, f"{name}-restored") == _results(run, tmp_path, name)
+        with tarfile.open(archive) as members:
+            size = {m.name: m.size for m in members.getmembers()}
+        whole = max(n for member, n in size.items() if "rewind" not in member)  # one checkpoint's weights
+        assert size["checkpoint_rewind_0.pt"] < 1.1 * whole, size  # tied embeddings: one copy
+        if name == "dense":
+            assert size["checkpoint_copy.pt"] < 0.1 * whole, size  # the same weights: once in the archive
     sizes = {name: os.path.getsize(tmp_path / f"{name}.tar.gz") for name in ("dense", "slt")}
     originals = {name: sum(os.path.getsize(os.path.join(run, f)) for f in _files(run))
                  for name, run in (("dense", dense_run["dir"]), ("slt", slt_run["dir"]))}

@@ -12,12 +12,13 @@ import torch
 
 from ..checkpoints import Checkpoint, inference_state
 from ..pruning import UserError, atomic_write_stream, safe_load
-from ..pruning.compact import compress, is_compact
+from ..pruning.compact import aliases, compress, is_compact
 from ..pruning.io import refuse_overwrite
 from ..run import folder as run_folder
 from .results import finished
 
 TEMPORARY = ".tmp-"  # atomic writes' leftovers (pruning.io): never part of a run
+SAME_WEIGHTS = "fairseq-slt-pack-same-weights"  # a checkpoint whose weights and mask are an earlier one's
 
 
 def add_arguments(parser):
@@ -45,9 +46,11 @@ def pack(run: str, output: str) -> dict:
                         "can be packed")
     run_folder.lock(run, "run folder")  # no live run writes into it while it is read
     buffer, files, checkpoints, before = io.BytesIO(), 0, 0, 0
+    packed = {}  # checksum of a compact state -> the archive member holding it (best and last are often equal)
+    ties = _ties(run)
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for path, name in _files(run):
-            data, compacted = _packed(path)
+            data, compacted = _packed(path, name, packed, ties)
             info = tarfile.TarInfo(name)
             stat = os.stat(path)
             info.size, info.mtime, info.mode = len(data), int(stat.st_mtime), stat.st_mode & 0o777
@@ -71,15 +74,41 @@ def _files(run: str):
                 yield os.path.join(root, entry), os.path.relpath(os.path.join(root, entry), run)
 
 
-def _packed(path: str):
-    """(bytes to store, whether they are a compacted checkpoint)."""
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bits as integers: equal bits, not equal values (-0.0 is not +0.0)."""
+    if not tensor.is_floating_point():
+        return tensor
+    return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
+
+
+def _ties(run: str) -> dict:
+    """name -> the name it is tied to, as the run's fairseq checkpoints store them (one tensor, several names)."""
+    path = os.path.join(run, "checkpoint_best.pt")
+    if not os.path.isfile(path):
+        return {}
+    return {name: first for name, first in aliases(Checkpoint(path, mmap=True).model).items() if first != name}
+
+
+def _packed(path: str, name: str, packed: dict, ties: dict):
+    """(bytes to store, whether they are a compacted checkpoint); a checkpoint whose weights and mask were
+    packed already refers to them."""
     if path.endswith(".pt"):
         state = safe_load(path, "checkpoint")
         if isinstance(state, dict) and isinstance(state.get("model"), dict) and not is_compact(state):
+            model = state["model"]
+            for tied, first in ties.items():  # rewind points written before they kept ties: one copy again
+                if tied in model and first in model and model[tied].shape == model[first].shape and torch.equal(
+                        _bits(model[tied]), _bits(model[first])):
+                    model[tied] = model[first]
             checkpoint = Checkpoint(path, state=state)
             mask = checkpoint.mask()
             compact, _ = compress(checkpoint.model, inference_state(state), "fp32",
                                   masks=mask if mask is not None else {}, dense_ok=True)
+            if compact["sha256"] in packed:  # the checksum covers every weight's bits and the mask's
+                compact = {"format": SAME_WEIGHTS, "weights_of": packed[compact["sha256"]],
+                           "checkpoint": compact["checkpoint"]}
+            else:
+                packed[compact["sha256"]] = name
             data = io.BytesIO()
             torch.save(compact, data)
             return data.getvalue(), True

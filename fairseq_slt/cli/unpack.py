@@ -9,6 +9,7 @@ from ..checkpoints import from_compact
 from ..pruning import UserError, atomic_save, safe_load
 from ..pruning.compact import is_compact
 from ..run import folder as run_folder
+from .pack import SAME_WEIGHTS
 
 
 def add_arguments(parser):
@@ -60,11 +61,20 @@ def _extract(archive_path: str, into: str) -> int:
             archive.extractall(into, filter="data")  # refuses absolute paths and paths leaving the folder
     except (tarfile.TarError, EOFError, OSError) as err:
         raise UserError(f"cannot read archive {archive_path}: {type(err).__name__}: {err}") from None
+    compact = {}  # member -> its compact state, for the members that refer to its weights
     for member in members:
         path = os.path.join(into, member.name)
-        if path.endswith(".pt"):
-            state = safe_load(path, f"{member.name} in {archive_path}")
-            if is_compact(state):
-                atomic_save(from_compact(state, f"{member.name} in {archive_path}"), path)
-                os.utime(path, (member.mtime, member.mtime))
+        if not path.endswith(".pt"):
+            continue
+        what = f"{member.name} in {archive_path}"
+        state = safe_load(path, what)
+        if isinstance(state, dict) and state.get("format") == SAME_WEIGHTS:
+            if state.get("weights_of") not in compact:
+                raise UserError(f"{what} refers to weights the archive does not hold before it: not an archive "
+                                "of fairseq-slt pack")
+            state = dict(compact[state["weights_of"]], checkpoint=state.get("checkpoint"))
+        if is_compact(state):
+            compact[member.name] = state
+            atomic_save(from_compact(state, what), path)
+            os.utime(path, (member.mtime, member.mtime))
     return len(members)
