@@ -161,6 +161,10 @@ def test_the_converged_driver_packs_finished_runs_and_a_new_machine_goes_on_from
     shutil.move(work, str(tmp_path / "lost"))  # the machine is gone
     assert store_sh("restore").count("unpacked ") == 2
     assert store_sh("restore") == ""  # finished runs are left as they are
+    leftover = os.path.join(work, "slt", ".tmp-unpack-x")  # an unpack killed before its rename
+    shutil.copytree(os.path.join(work, "slt", "slt_0.8"), leftover)
+    assert store_sh("pack_finished") == ""  # is no run
+    shutil.rmtree(leftover)
     lost = str(tmp_path / "lost")
     assert sorted(os.listdir(work)) == ["dense", "slt"] and os.listdir(os.path.join(work, "slt")) == ["slt_0.8"]
     for run in ("dense", "slt/slt_0.8"):

@@ -5,7 +5,7 @@
 # under WORK>.tar.gz); restore unpacks every archive of STORE whose run is not finished in WORK.
 stored() { local run="${1%/.done}"; echo "$STORE/${run#"$WORK"/}.tar.gz"; }
 pack_finished() {  # the finished runs not packed yet, so that a new machine goes on from them (restore)
-  find "$WORK" -mindepth 2 -name .done | sort | while read -r done; do
+  find "$WORK" -mindepth 2 -name .done -not -path '*/.tmp-*' | sort | while read -r done; do
     [ -e "$(stored "$done")" ] || fairseq-slt pack "${done%/.done}" "$(stored "$done")" || return 1
   done
 }

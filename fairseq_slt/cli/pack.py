@@ -13,11 +13,10 @@ import torch
 from ..checkpoints import Checkpoint, inference_state
 from ..pruning import UserError, atomic_write_stream, safe_load
 from ..pruning.compact import aliases, compress, is_compact
-from ..pruning.io import refuse_overwrite
+from ..pruning.io import TEMPORARY, refuse_overwrite
 from ..run import folder as run_folder
 from .results import finished
 
-TEMPORARY = ".tmp-"  # atomic writes' leftovers (pruning.io): never part of a run
 SAME_WEIGHTS = "fairseq-slt-pack-same-weights"  # a checkpoint whose weights and mask are an earlier one's
 
 

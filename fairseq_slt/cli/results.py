@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 from ..run import folder as run_dir
 from ..checkpoints import Checkpoint, unique_tensors
 from ..pruning import UserError, atomic_write_json, atomic_write_text, methods
-from ..pruning.io import refuse_overwrite
+from ..pruning.io import TEMPORARY, refuse_overwrite
 from ..run.folder import LAST, MANIFEST
 from . import claims, report
 from .report import CONTROLS
@@ -46,6 +46,7 @@ def find_runs(folders: List[str]) -> List[str]:
         if not os.path.isdir(folder):
             raise UserError(f"no such folder: {folder}")
         for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(TEMPORARY)]  # an interrupted unpack's staging folder
             depth = os.path.relpath(root, folder).count(os.sep) + (root != folder)
             if MANIFEST in files or LAST in files:
                 runs.append(os.path.abspath(root))

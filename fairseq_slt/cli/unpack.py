@@ -7,6 +7,7 @@ import tempfile
 
 from ..checkpoints import from_compact
 from ..pruning import UserError, atomic_save, safe_load
+from ..pruning.io import TEMPORARY
 from ..pruning.compact import is_compact
 from ..run import folder as run_folder
 from .pack import SAME_WEIGHTS
@@ -35,11 +36,11 @@ def unpack(archive_path: str, run: str, force: bool = False) -> int:
         run_folder.lock(run, "run folder")  # never replaced under a live run
     parent = os.path.dirname(os.path.abspath(run))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-unpack-", dir=parent)  # filled whole, then renamed into place
+    staging = tempfile.mkdtemp(prefix=TEMPORARY + "unpack-", dir=parent)  # filled whole, then renamed into place
     try:
         count = _extract(archive_path, staging)
         if os.path.isdir(run):
-            old = tempfile.mkdtemp(prefix=".tmp-replaced-", dir=parent)
+            old = tempfile.mkdtemp(prefix=TEMPORARY + "replaced-", dir=parent)
             os.replace(run, os.path.join(old, "run"))
             os.replace(staging, run)
             shutil.rmtree(old)

@@ -23,6 +23,8 @@ class Failure(RuntimeError):
     one line, exit status 1. A full disk and other OSErrors are reported the same way."""
 
 
+TEMPORARY = ".tmp-"  # what every temporary file or folder of the package is named from: never a result
+
 def one_line(message) -> str:
     """An error message as one line: a newline in a path (or anywhere) is shown as \\n."""
     return str(message).replace("\r", "\\r").replace("\n", "\\n")
@@ -71,7 +73,7 @@ def refuse_overwrite(path: str, force: bool) -> None:
 def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY, suffix=os.path.basename(path), dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file written normally gets the user's umask
         with os.fdopen(fd, "wb") as handle:
