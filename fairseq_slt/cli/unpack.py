@@ -35,6 +35,10 @@ def unpack(archive_path: str, run: str, force: bool = False) -> int:
     if os.path.isdir(run):
         run_folder.lock(run, "run folder")  # never replaced under a live run
     parent = os.path.dirname(os.path.abspath(run))
+    made = parent  # the highest folder this call creates: removed again if the archive is refused
+    while not os.path.exists(os.path.dirname(made)):
+        made = os.path.dirname(made)
+    made = None if os.path.exists(parent) else made
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=TEMPORARY + "unpack-", dir=parent)  # filled whole, then renamed into place
     try:
@@ -46,6 +50,10 @@ def unpack(archive_path: str, run: str, force: bool = False) -> int:
             shutil.rmtree(old)
         else:
             os.replace(staging, run)
+    except BaseException:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return count
