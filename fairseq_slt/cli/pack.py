@@ -13,6 +13,7 @@ import torch
 from ..checkpoints import Checkpoint, inference_state
 from ..pruning import UserError, atomic_write_stream, safe_load
 from ..pruning.compact import aliases, compress, is_compact
+from ..pruning.enforce import bits
 from ..pruning.io import TEMPORARY, refuse_overwrite
 from ..run import folder as run_folder
 from .results import finished
@@ -73,13 +74,6 @@ def _files(run: str):
                 yield os.path.join(root, entry), os.path.relpath(os.path.join(root, entry), run)
 
 
-def _bits(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's bits as integers: equal bits, not equal values (-0.0 is not +0.0)."""
-    if not tensor.is_floating_point():
-        return tensor
-    return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
-
-
 def _ties(run: str) -> dict:
     """name -> the name it is tied to, as the run's fairseq checkpoints store them (one tensor, several names)."""
     path = os.path.join(run, "checkpoint_best.pt")
@@ -97,7 +91,7 @@ def _packed(path: str, name: str, packed: dict, ties: dict):
             model = state["model"]
             for tied, first in ties.items():  # rewind points written before they kept ties: one copy again
                 if tied in model and first in model and model[tied].shape == model[first].shape and torch.equal(
-                        _bits(model[tied]), _bits(model[first])):
+                        bits(model[tied]), bits(model[first])):  # equal bits: -0.0 is not +0.0
                     model[tied] = model[first]
             checkpoint = Checkpoint(path, state=state)
             mask = checkpoint.mask()

@@ -35,11 +35,12 @@ def unpack(archive_path: str, run: str, force: bool = False) -> int:
     if os.path.isdir(run):
         run_folder.lock(run, "run folder")  # never replaced under a live run
     parent = os.path.dirname(os.path.abspath(run))
-    made = parent  # the highest folder this call creates: removed again if the archive is refused
-    while not os.path.exists(os.path.dirname(made)):
-        made = os.path.dirname(made)
-    made = None if os.path.exists(parent) else made
-    os.makedirs(parent, exist_ok=True)
+    made = None  # the highest folder this call creates: removed again if the archive is refused
+    if not os.path.exists(parent):
+        made = parent
+        while not os.path.exists(os.path.dirname(made)):
+            made = os.path.dirname(made)
+        os.makedirs(parent)
     staging = tempfile.mkdtemp(prefix=TEMPORARY + "unpack-", dir=parent)  # filled whole, then renamed into place
     try:
         count = _extract(archive_path, staging)
