@@ -171,6 +171,18 @@ def log_values(stdout, key):
     return [float(v) for v in re.findall(rf"\b{key}[ =]([-\d.e]+)", stdout)]
 
 
+def bits(tensor):
+    """An fp32 tensor's bits as int32 (equal bits, not equal values: -0.0 is not +0.0); others as they are."""
+    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
+
+
+def one_error_line(result, *fragments):
+    """A tool's refusal: not status 0, no traceback, one line on stderr holding every fragment."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-2000:]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def user_dir_is_this_checkout(launcher):
     """'--user-dir fairseq_slt' (relative) resolves beside fairseq's package: link it to this checkout, so no test

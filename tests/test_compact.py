@@ -6,13 +6,10 @@ import os
 import pytest
 import torch
 
-from conftest import load, run_tool, train
+from conftest import bits, load, one_error_line, run_tool, train
 from fairseq_slt.pruning import Mask, UserError, atomic_save
 from fairseq_slt.pruning.compact import aliases, compress, expand
 
-
-def _bits(tensor):
-    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
 
 
 def _hypotheses(data_bin, path, *extra):
@@ -45,7 +42,7 @@ def test_round_trip_is_bit_exact_and_generate_reads_the_compact_file(data_bin, s
     original, back = load(signed_zero_checkpoint), load(restored)
     assert list(back["model"]) == list(original["model"])
     for name, tensor in original["model"].items():
-        assert back["model"][name].dtype == tensor.dtype and torch.equal(_bits(back["model"][name]), _bits(tensor)), name
+        assert back["model"][name].dtype == tensor.dtype and torch.equal(bits(back["model"][name]), bits(tensor)), name
     minus_zero = back["model"]["decoder.layers.0.fc1.weight"]
     assert (minus_zero.view(torch.int32) == -2 ** 31).sum() == 1  # -0.0 kept its sign bit
     assert set(aliases(back["model"]).values()) == set(aliases(original["model"]).values())  # tied once again
@@ -100,7 +97,7 @@ def test_compact_size_is_within_the_entropy_bound_and_reported_truly(slt_run, tm
     # an existing report is not replaced without --force, and nothing else is written either
     before = open(report_path).read()
     refused = run_tool("fairseq-slt", "compress", slt_run["best"], half, "--json", report_path, check=False)
-    _one_error_line(refused, f"{report_path} exists; pass --force to overwrite it")
+    one_error_line(refused, f"{report_path} exists; pass --force to overwrite it")
     assert open(report_path).read() == before and not os.path.exists(half)
     run_tool("fairseq-slt", "compress", slt_run["best"], half, "--values", "fp16", "--quiet", "--json", report_path,
              "--force")
@@ -109,27 +106,22 @@ def test_compact_size_is_within_the_entropy_bound_and_reported_truly(slt_run, tm
     assert values[1] < 0.6 * values[0] and half_report["compact_bytes"] == os.path.getsize(half)
 
 
-def _one_error_line(result, *fragments):
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-2000:]
-
 
 def test_bad_input_is_one_line_and_writes_nothing(data_bin, dense_run, slt_run, tmp_path):
     compact = str(tmp_path / "compact.pt")
     run_tool("fairseq-slt", "compress", slt_run["best"], compact, "--quiet")
     out = str(tmp_path / "out.pt")
     # a dense checkpoint: refused (it has no pruned weights), nothing written
-    _one_error_line(run_tool("fairseq-slt", "compress", dense_run["best"], out, check=False), "is dense")
+    one_error_line(run_tool("fairseq-slt", "compress", dense_run["best"], out, check=False), "is dense")
     # an existing output is not overwritten without --force
     before = open(compact, "rb").read()
-    _one_error_line(run_tool("fairseq-slt", "compress", slt_run["best"], compact, check=False), "exists", "--force")
+    one_error_line(run_tool("fairseq-slt", "compress", slt_run["best"], compact, check=False), "exists", "--force")
     assert open(compact, "rb").read() == before
-    _one_error_line(run_tool("fairseq-slt", "compress", compact, out, check=False), "compact checkpoint already")
+    one_error_line(run_tool("fairseq-slt", "compress", compact, out, check=False), "compact checkpoint already")
     # truncated: decompress and fairseq-generate say so in one line
     truncated = str(tmp_path / "truncated.pt")
     open(truncated, "wb").write(before[: len(before) // 2])
-    _one_error_line(run_tool("fairseq-slt", "decompress", truncated, out, check=False), "cannot read", truncated)
+    one_error_line(run_tool("fairseq-slt", "decompress", truncated, out, check=False), "cannot read", truncated)
     generate = ["fairseq-generate", data_bin, "--user-dir", "fairseq_slt", "--task", "translation_slt",
                 "--gen-subset", "test", "--cpu", "--path"]
     result = run_tool(*generate, truncated, check=False)
@@ -141,10 +133,10 @@ def test_bad_input_is_one_line_and_writes_nothing(data_bin, dense_run, slt_run, 
     state["blob"][len(state["blob"]) // 2] ^= 0x10
     corrupt = str(tmp_path / "corrupt.pt")
     torch.save(state, corrupt)
-    _one_error_line(run_tool("fairseq-slt", "decompress", corrupt, out, check=False), "corrupt", "checksum")
+    one_error_line(run_tool("fairseq-slt", "decompress", corrupt, out, check=False), "corrupt", "checksum")
     result = run_tool(*generate, corrupt, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr and "checksum does not match" in result.stderr
-    _one_error_line(run_tool("fairseq-slt", "decompress", slt_run["best"], out, check=False), "not a compact checkpoint")
+    one_error_line(run_tool("fairseq-slt", "decompress", slt_run["best"], out, check=False), "not a compact checkpoint")
     assert not os.path.exists(out) and sorted(os.listdir(tmp_path)) == ["compact.pt", "corrupt.pt", "truncated.pt"]
 
 
@@ -199,7 +191,7 @@ def test_an_edited_index_is_checked_against_the_data_before_anything_is_allocate
     for label, (change, fragment) in cases.items():
         crafted = _edited_index(compact, str(tmp_path / "crafted.pt"), change)
         out = str(tmp_path / "out.pt")
-        _one_error_line(run_tool("fairseq-slt", "decompress", crafted, out, check=False), fragment)
+        one_error_line(run_tool("fairseq-slt", "decompress", crafted, out, check=False), fragment)
         assert not os.path.exists(out), label
         result = run_tool(*generate, crafted, check=False)
         assert result.returncode != 0 and "Traceback" not in result.stderr and fragment in result.stderr, label

@@ -11,13 +11,10 @@ import tarfile
 
 import torch
 
-from conftest import env, load, run_tool
+from conftest import bits, env, load, one_error_line, run_tool
 from fairseq_slt.checkpoints import Checkpoint
 from fairseq_slt.pruning import atomic_save
 
-
-def _bits(tensor):
-    return tensor.view(torch.int32) if tensor.dtype == torch.float32 else tensor
 
 
 def _files(folder):
@@ -63,7 +60,7 @@ def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_ru
             original, back = load(before), load(after)
             assert original["model"].keys() == back["model"].keys()
             for key, tensor in original["model"].items():
-                assert torch.equal(_bits(tensor), _bits(back["model"][key])), (file, key)  # -0.0 vs +0.0 too
+                assert torch.equal(bits(tensor), bits(back["model"][key])), (file, key)  # -0.0 vs +0.0 too
             assert "last_optimizer_state" not in back  # what only training needs is left out
             for key in ("cfg", "optimizer_history"):
                 assert back[key] == original[key], (file, key)
@@ -87,11 +84,6 @@ def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_ru
     assert sizes["dense"] < 0.5 * originals["dense"] and sizes["slt"] < 0.5 * sizes["dense"], (sizes, originals)
 
 
-def _one_error_line(result, *fragments):
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and all(fragment in lines[0] for fragment in fragments), result.stderr[-2000:]
-
 
 def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run, tmp_path):
     unfinished = str(tmp_path / "unfinished")
@@ -101,22 +93,22 @@ def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run,
     state["cfg"]["optimization"]["max_update"] = 100
     atomic_save(state, os.path.join(unfinished, "checkpoint_last.pt"))
     archive = str(tmp_path / "run.tar.gz")
-    _one_error_line(run_tool("fairseq-slt", "pack", unfinished, archive, check=False), "not finished",
+    one_error_line(run_tool("fairseq-slt", "pack", unfinished, archive, check=False), "not finished",
                     "at update 16 of 100")
-    _one_error_line(run_tool("fairseq-slt", "pack", str(tmp_path), archive, check=False), "not a run folder")
+    one_error_line(run_tool("fairseq-slt", "pack", str(tmp_path), archive, check=False), "not a run folder")
     assert not os.path.exists(archive)
 
     run_tool("fairseq-slt", "pack", slt_run["dir"], archive)
     with open(archive, "rb") as handle:
         packed = handle.read()
-    _one_error_line(run_tool("fairseq-slt", "pack", dense_run["dir"], archive, check=False), "exists", "--force")
+    one_error_line(run_tool("fairseq-slt", "pack", dense_run["dir"], archive, check=False), "exists", "--force")
     with open(archive, "rb") as handle:
         assert handle.read() == packed
 
-    _one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, check=False), "has files", "--force")
+    one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, check=False), "has files", "--force")
     live = os.open(unfinished, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(live, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a live fairseq-train run holds its save dir
-    _one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, "--force", check=False), "in use")
+    one_error_line(run_tool("fairseq-slt", "unpack", archive, unfinished, "--force", check=False), "in use")
     os.close(live)
     assert _files(unfinished) == ["checkpoint_last.pt", "run.json"]
     run_tool("fairseq-slt", "unpack", archive, unfinished, "--force")
@@ -125,7 +117,7 @@ def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run,
     truncated = str(tmp_path / "truncated.tar.gz")
     with open(truncated, "wb") as handle:
         handle.write(packed[: len(packed) // 2])
-    _one_error_line(run_tool("fairseq-slt", "unpack", truncated, str(tmp_path / "t" / "u" / "run"), check=False),
+    one_error_line(run_tool("fairseq-slt", "unpack", truncated, str(tmp_path / "t" / "u" / "run"), check=False),
                     "cannot read")
     assert not os.path.exists(tmp_path / "t")  # nor the folders above RUN it would have made
 
@@ -134,7 +126,7 @@ def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run,
         info = tarfile.TarInfo("../outside.txt")
         info.size = 3
         handle.addfile(info, io.BytesIO(b"bad"))
-    _one_error_line(run_tool("fairseq-slt", "unpack", escaping, str(tmp_path / "e"), check=False), "cannot read")
+    one_error_line(run_tool("fairseq-slt", "unpack", escaping, str(tmp_path / "e"), check=False), "cannot read")
     assert not os.path.exists(tmp_path / "outside.txt") and not os.path.exists(tmp_path / "e")
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # no staging folder left behind
 
@@ -172,4 +164,4 @@ def test_the_converged_driver_packs_finished_runs_and_a_new_machine_goes_on_from
         assert _files(os.path.join(work, run)) == _files(os.path.join(lost, run))
         for name in ("checkpoint_best.pt", "checkpoint_rewind_4.pt" if run == "dense" else "checkpoint_rewind_0.pt"):
             before, after = load(os.path.join(lost, run, name)), load(os.path.join(work, run, name))
-            assert all(torch.equal(_bits(v), _bits(after["model"][k])) for k, v in before["model"].items())
+            assert all(torch.equal(bits(v), bits(after["model"][k])) for k, v in before["model"].items())
