@@ -36,3 +36,20 @@ def test_seeds_set_the_noise_and_close_differences_are_within_it():
     cell = claims.cells(rows)[("slt-mp", 0.9)]
     assert (cell["mean"], cell["min"], cell["max"], cell["n"], cell["seeds"]) == (25.2, 25.0, 25.4, 2, [1, 2])
     assert judged["claims"][1]["comparisons"][0]["difference"] == 0.2
+
+
+def test_second_seeds_go_where_a_gap_is_under_twice_the_dense_spread_and_to_the_sign_control():
+    rows = [row("dense", 0.0, 30.0), row("mp", 0.5, 29.0), row("slt", 0.5, 29.5),  # (a): gap +1.5
+            row("mp", 0.8, 27.0), row("slt", 0.8, 25.55),  # (a): gap -0.45, between one and two spreads
+            row("slt-mp", 0.9, 25.0), row("slt-mp", 0.9, 25.3, seed=2), row("mp", 0.9, 25.0),  # (b): 2 seeds, +0.15
+            row("slt-mp", 0.95, 22.0), row("mp", 0.95, 20.0),  # (b): +2.0
+            row("clt", 0.5, 29.0), row("clt (random signs)", 0.5, 27.0)]  # (c): 2.0, but the control always
+    assert claims.judge(rows)["second_seeds"] == {"spread": None, "cells": []}  # one dense seed: no spread yet
+    seeds = claims.judge(rows + [row("dense", 0.0, 30.3, seed=2)])["second_seeds"]
+    assert seeds["spread"] == 0.3  # under 0.6: (a) 80 % (both cells), (b) 90 % (mp only: slt-mp has 2 seeds)
+    assert [(c["label"], c["sparsity"]) for c in seeds["cells"]] == [
+        ("slt", 0.8), ("mp", 0.8), ("mp", 0.9), ("clt", 0.5), ("clt (random signs)", 0.5)]
+    assert seeds["cells"][0]["why"] == "claim (a) at 80 %: gap -0.45 under twice the dense spread"
+    notes = "\n".join(claims.notes(claims.judge(rows + [row("dense", 0.0, 30.3, seed=2)])))
+    assert "- Second seeds wanted (a claim's gap under twice the dense seeds' range, 0.60 BLEU, and the sign " \
+           "control): slt 80 % (claim (a) at 80 %" in notes

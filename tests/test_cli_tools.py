@@ -188,3 +188,21 @@ def test_results_on_a_run_whose_run_json_is_broken_says_so_in_one_line(slt_run, 
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [
             f"fairseq-slt results: error: {manifest} {fragment}: restore it, or move the run out of the folders given"]
         assert not (tmp_path / "r.json").exists()
+
+
+def test_results_counts_runs_with_the_same_weights_once_and_lists_the_copies(slt_run, tmp_path):
+    """Two folders holding the same trained weights are one model, not two seeds; a one-ulp change is another run."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        shutil.copytree(slt_run["dir"], runs / name)
+    changed = load(runs / "c" / "checkpoint_best.pt")
+    weight = next(t for k, t in changed["model"].items() if k.endswith("fc1.weight"))
+    kept = weight.nonzero()[0].tolist()
+    weight[tuple(kept)] = torch.nextafter(weight[tuple(kept)], torch.tensor(float("inf")))  # the same mask
+    torch.save(changed, runs / "c" / "checkpoint_best.pt")
+    run_tool("fairseq-slt", "results", runs, "--no-score", "--json", tmp_path / "r.json")
+    result = json.load(open(tmp_path / "r.json"))
+    assert [row["run"] for row in result["rows"]] == [str(runs / "a"), str(runs / "c")]
+    assert result["copies"] == [{"run": str(runs / "b"), "same_weights_as": str(runs / "a")}]

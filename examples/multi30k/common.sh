@@ -62,7 +62,7 @@ claim_stage() {  # DIR [SETTINGS]
       exit 1
     fi
   else
-    echo "$want" > "$file.part" && mv "$file.part" "$file"
+    echo "$want" > "$file.$$.part" && mv "$file.$$.part" "$file"  # two lanes may claim one folder at once
   fi
 }
 

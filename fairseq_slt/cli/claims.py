@@ -5,6 +5,9 @@ largest range of any cell with two or more seeds (the dense seeds first of all).
 "A - B >= margin" at a sparsity is "holds" when it is met by more than the noise, "fails" when it is
 missed by more than the noise, "within noise" otherwise; a claim takes its worst level (fails, then
 within noise), and is "not run" while no sparsity has both of its cells.
+
+Second seeds (``second_seeds``): a claim cell with one run gets a second seed when the gap that decides its
+comparison (A - B - margin) is under twice the dense seeds' range, and the sign control's two cells always.
 """
 import statistics
 from typing import Dict, List, Optional, Tuple
@@ -54,7 +57,27 @@ def judge(rows: List[dict]) -> dict:
             verdict = "within noise" if spread is not None and abs(gap) <= spread else "holds" if gap >= 0 else "fails"
             comparisons.append({"sparsity": s, "verdict": verdict, a: left, b: right, "difference": round(left - right, 2)})
         verdicts.append({"claim": name, "text": text, "verdict": _overall(comparisons), "comparisons": comparisons})
-    return {"noise": spread, "claims": verdicts}
+    return {"noise": spread, "claims": verdicts, "second_seeds": second_seeds(table, verdicts)}
+
+
+def second_seeds(table: Dict[Cell, dict], verdicts: List[dict]) -> dict:
+    """The cells that want a second seed: {"spread": the dense seeds' range (None: one dense seed so far, and
+    no cell is chosen), "cells": [{"label", "sparsity", "why"}], one seed each so far, in the claims' order}."""
+    dense = next((c for (label, _), c in table.items() if label == "dense"), None)
+    spread = round(dense["max"] - dense["min"], 2) if dense and dense["n"] >= 2 else None
+    wanted: Dict[Cell, str] = {}
+    if spread is not None:
+        for (name, _, a, b, margin, _), claim in zip(CLAIMS, verdicts):
+            for comparison in claim["comparisons"]:
+                s, gap = comparison["sparsity"], round(comparison["difference"] - margin, 2)
+                if name == "c" or abs(gap) < 2 * spread:
+                    why = "the sign control" if name == "c" else \
+                        f"claim ({name}) at {s * 100:g} %: gap {gap:+.2f} under twice the dense spread"
+                    for cell in ((a, s), (b, s)):
+                        if table[cell]["n"] < 2:
+                            wanted.setdefault(cell, why)
+    return {"spread": spread, "cells": [{"label": label, "sparsity": s, "why": why}
+                                        for (label, s), why in wanted.items()]}
 
 
 def _overall(comparisons: List[dict]) -> str:
@@ -76,6 +99,13 @@ def notes(judged: dict) -> List[str]:
     for claim in judged["claims"]:
         figures = "; ".join(_figure(c) for c in claim["comparisons"]) or "no cell run"
         lines.append(f"- ({claim['claim']}) {claim['text']}: **{claim['verdict']}** ({figures})")
+    seeds = judged["second_seeds"]
+    if seeds["spread"] is None:
+        lines.append("- Second seeds: not chosen yet (the dense cell has one seed)")
+    else:
+        cells = ", ".join(f"{c['label']} {c['sparsity'] * 100:g} % ({c['why']})" for c in seeds["cells"])
+        lines.append(f"- Second seeds wanted (a claim's gap under twice the dense seeds' range, "
+                     f"{2 * seeds['spread']:.2f} BLEU, and the sign control): {cells or 'none'}")
     return lines
 
 

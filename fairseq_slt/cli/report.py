@@ -46,6 +46,8 @@ def markdown(result: dict, chrf: bool) -> str:
     if "claims" in result:
         notes += claims.notes(result)
     notes += cost_table(rows, labels, levels)
+    for item in result.get("copies", []):
+        notes.append(f"Not a second run: {item['run']} has the same weights bit for bit as {item['same_weights_as']}")
     for item in result["unfinished"]:
         notes.append(f"Unfinished: {item['run']} ({item['why']})")
     return "\n".join(lines + notes) + "\n"

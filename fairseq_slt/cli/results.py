@@ -3,11 +3,15 @@
 A run is a save dir (``run.json``, checkpoints). Given folders are searched for runs (an iterate work dir,
 a recipe's WORK). Each finished run's checkpoint is scored once with fairseq-generate and sacreBLEU; the
 score is cached beside the checkpoint (``scores.json``) and reused while the checkpoint and the scoring
-options are unchanged.
+options are unchanged. Runs whose scored weights are the same bit for bit are one model, not two seeds: the
+first (by path) is a row, the others are listed as copies of it.
 """
+import hashlib
 import os
 import sys
 from typing import Dict, List, Optional
+
+import torch
 
 from ..run import folder as run_dir
 from ..checkpoints import Checkpoint, unique_tensors
@@ -121,7 +125,7 @@ def collect(args) -> dict:
         raise UserError(f"no runs (folders with {MANIFEST} or {LAST}) under {', '.join(args.folders)}")
     manifests = {run: identity_of(run) for run in runs}
     identities = {run: m["identity"] for run, m in manifests.items()}
-    rows, unfinished = [], []
+    rows, unfinished, copies, digests = [], [], [], {}
     for run in runs:
         identity = identities[run]
         why = finished(run)
@@ -132,6 +136,11 @@ def collect(args) -> dict:
             unfinished.append({"run": run, "why": why})
             continue
         checkpoint = Checkpoint(checkpoint_path, "checkpoint", mmap=True)
+        digest = weights_digest(checkpoint)
+        if digest in digests:
+            copies.append({"run": run, "same_weights_as": digests[digest]})
+            continue
+        digests[digest] = run
         mask = checkpoint.mask()
         rows.append({"run": run, "label": label_of(identity, identities), "method": identity.get("method"),
                      "target_sparsity": float(identity.get("prune_sparsity") or 0.0),
@@ -143,7 +152,16 @@ def collect(args) -> dict:
     spent = {row["run"]: (row["updates"], row["train_seconds"]) for row in rows}
     for row in rows:
         row.update(cost(row["run"], identities, spent))
-    return {"rows": rows, "unfinished": unfinished, **claims.judge(rows)}
+    return {"rows": rows, "unfinished": unfinished, "copies": copies, **claims.judge(rows)}
+
+
+def weights_digest(checkpoint: Checkpoint) -> str:
+    """SHA-256 over every weight's name, dtype, shape and bytes (tied tensors once)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unique_tensors(checkpoint.model).items()):
+        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def chain_of(run: str, identities: Dict[str, dict]) -> List[str]:
