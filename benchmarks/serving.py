@@ -9,9 +9,10 @@ one-shot) is translated by every engine at each batch size and thread count, twi
 Each engine and setting runs in a process of its own (two engines' thread pools in one process slow each
 other down): fairseq's SequenceGenerator after prepare_for_inference_, as fairseq-generate; --sparse-inference
 as the plugin applies it (the layer plan, then the whole-step trial); CTranslate2 from `fairseq-slt
-export-ct2 --no-verify` folders; fairseq dense and sparse share a process, their passes alternating. One
-warm-up batch, then the best of --repeats timed passes. Prints
-sentences/s, the ratio to fairseq dense, BLEU, and the sizes on disk.
+export-ct2 --no-verify` folders; fairseq dense, sparse and a second copy of the dense weights ("dense again":
+the noise floor, two identical engines measured apart) share a process, interleaved in --repeats rounds whose
+order rotates. One warm-up batch before each timed pass. Prints the median sentences/s, the ratio to fairseq
+dense (paired by round within a process), the rounds' spread, BLEU, and the sizes on disk.
 Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
 """
 import argparse
@@ -19,6 +20,7 @@ import copy
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,12 +110,14 @@ def worker(args) -> None:
     sources = list(range(min(count, len(dataset))))
     engines, trial = {}, None
     if args.worker == "fairseq":
-        sparse = copy.deepcopy(model)
+        sparse, copy_of_dense = copy.deepcopy(model), copy.deepcopy(model)
         plan = sparse_inference.Plan()
         trial = sparse_inference.StepTrial(plan)
         sparse_inference.sparsify(sparse, plan, trial=trial)
         engines["fairseq dense"] = lambda chosen, fixed: fairseq_translate(task, model, chosen, batch_size, fixed)
         engines["fairseq sparse"] = lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
+        # the same dense weights again: how far two identical engines in one process measure apart (noise floor)
+        engines["dense again"] = lambda chosen, fixed: fairseq_translate(task, copy_of_dense, chosen, batch_size, fixed)
     else:
         import ctranslate2
         tokens = {i: [task.source_dictionary[t] for t in dataset.src[i].tolist()[:-1]] for i in sources}
@@ -121,16 +125,22 @@ def worker(args) -> None:
                                             intra_threads=args.threads[0])
         engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed)
     report = {name: {"sentences": len(sources)} for name in engines}
+    names = list(engines)
     for fixed in (0, args.fixed_length):
-        best = {}
-        for _ in range(args.repeats):  # the best of the repeats: noise only ever slows a pass down
-            for name, translate in engines.items():
-                out, seconds = timed(lambda warm: translate(sources[:batch_size] if warm else sources, fixed))
-                best[name] = min(best.get(name, seconds), seconds)
+        speeds = {name: [] for name in names}
+        for round_ in range(args.repeats):  # interleaved rounds, the order rotated each round
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                out, seconds = timed(lambda warm: engines[name](sources[:batch_size] if warm else sources, fixed))
+                speeds[name].append(len(sources) / seconds)
                 if not fixed:
                     report[name]["hyps"] = [out[i] for i in sources]
-        for name in engines:
-            report[name]["fixed" if fixed else "natural"] = len(sources) / best[name]
+        for name in names:
+            key = "fixed" if fixed else "natural"
+            report[name][key] = statistics.median(speeds[name])
+            report[name][key + "_spread"] = (max(speeds[name]) - min(speeds[name])) / report[name][key]
+            if name != names[0]:  # paired: this engine's speed over the first's in the same round
+                report[name][key + "_paired"] = statistics.median(
+                    a / b for a, b in zip(speeds[name], speeds[names[0]]))
     if trial is not None:
         report["fairseq sparse"]["trial"] = trial.summary()
     print("RESULT " + json.dumps(report), flush=True)
@@ -149,7 +159,8 @@ def main():
     parser.add_argument("--sentences", type=int, default=1000, help="test sentences at batch sizes > 1")
     parser.add_argument("--sentences-batch1", type=int, default=100)
     parser.add_argument("--fixed-length", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per setting (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timed rounds per setting (median kept, spread printed)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -165,9 +176,11 @@ def main():
         refs = [line.rstrip("\n") for line in handle]
     work = tempfile.mkdtemp(prefix="serving-")
     print(f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, beam 5, each engine and setting in a "
-          f"process of its own (fairseq dense and sparse alternating in one), best of {args.repeats} passes; sentences/s (ratio to fairseq dense); BLEU of the "
-          "natural pass")
-    print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>16} {'fixed':>16} "
+          f"process of its own (fairseq dense, sparse and the same dense weights again interleaved in one, the order "
+          f"rotated each round), median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the "
+          "medians, or for engines in its process the median of the rounds' ratios; then the spread of the rounds, "
+          "max - min over the median); BLEU of the natural pass")
+    print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
           f"{'BLEU':>6}")
     try:
         checkpoints = [pruned_copy(c, s, work) for c in args.checkpoints for s in args.prune] or args.checkpoints
@@ -201,9 +214,10 @@ def main():
                             base = base or report
                             n = report["sentences"]
                             bleu = BLEU().corpus_score(report["hyps"], [refs[:n]]).score
-                            cells = [f"{report[k]:>8.2f} ({report[k] / base[k]:.2f}x)" for k in ("natural", "fixed")]
-                            print(f"{label[-16:]:<16} {engine:<15} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>16} "
-                                  f"{cells[1]:>16} {bleu:>6.2f}", flush=True)
+                            cells = [f"{report[k]:>8.2f} ({report.get(k + '_paired', report[k] / base[k]):.2f}x "
+                                     f"{100 * report[k + '_spread']:>2.0f}%)" for k in ("natural", "fixed")]
+                            print(f"{label[-16:]:<16} {engine:<15} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>22} "
+                                  f"{cells[1]:>22} {bleu:>6.2f}", flush=True)
                             trials += report.get("trial", [])
             for line in trials:
                 print(f"  --sparse-inference: {line}")

@@ -206,3 +206,20 @@ def test_results_counts_runs_with_the_same_weights_once_and_lists_the_copies(slt
     result = json.load(open(tmp_path / "r.json"))
     assert [row["run"] for row in result["rows"]] == [str(runs / "a"), str(runs / "c")]
     assert result["copies"] == [{"run": str(runs / "b"), "same_weights_as": str(runs / "a")}]
+
+
+def test_results_never_scores_a_checkpoint_less_sparse_than_its_run_asked_for(data_bin, tmp_path):
+    """A best saved mid-schedule (as the plugin allowed before) is not the run's model: the last checkpoint,
+    at the target, is scored and the table says so."""
+    import shutil
+
+    from conftest import train
+    save = tmp_path / "runs" / "mp"
+    train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.9", "--prune-start", "0", "--prune-end", "6",
+          "--prune-frequency", "2", "--save-interval-updates", "2", max_update=8)
+    shutil.copy(save / "checkpoint_1_2.pt", save / "checkpoint_best.pt")  # at the schedule's first step, not 90 %
+    run_tool("fairseq-slt", "results", tmp_path / "runs", "--no-score", "--json", tmp_path / "r.json",
+             "--table", tmp_path / "t.md")
+    (row,) = json.load(open(tmp_path / "r.json"))["rows"]
+    assert row["checkpoint"] == str(save / "checkpoint_last.pt") and abs(row["sparsity"] - 0.9) < 0.005
+    assert f"Scored another checkpoint: {save}: checkpoint_best.pt is at sparsity 0." in open(tmp_path / "t.md").read()

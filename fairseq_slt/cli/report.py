@@ -46,6 +46,9 @@ def markdown(result: dict, chrf: bool) -> str:
     if "claims" in result:
         notes += claims.notes(result)
     notes += cost_table(rows, labels, levels)
+    for row in result["rows"]:
+        if row.get("scored_instead"):
+            notes.append(f"Scored another checkpoint: {row['run']}: {row['scored_instead']}")
     for item in result.get("copies", []):
         notes.append(f"Not a second run: {item['run']} has the same weights bit for bit as {item['same_weights_as']}")
     for item in result["unfinished"]:

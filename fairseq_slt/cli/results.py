@@ -136,6 +136,17 @@ def collect(args) -> dict:
             unfinished.append({"run": run, "why": why})
             continue
         checkpoint = Checkpoint(checkpoint_path, "checkpoint", mmap=True)
+        target = float(identity.get("prune_sparsity") or 0.0)
+        scored_instead = None
+        if below(checkpoint, target):  # a best saved before the schedule reached the target (plugin < 2026-12-04)
+            last_path = os.path.join(run, LAST)
+            last = Checkpoint(last_path, "checkpoint", mmap=True) if os.path.isfile(last_path) else None
+            if last is None or below(last, target):
+                unfinished.append({"run": run, "why": f"no checkpoint at its target sparsity {target:g}"})
+                continue
+            scored_instead = (f"{args.checkpoint} is at sparsity {checkpoint.mask().sparsity():.3f}, saved before "
+                              f"the schedule reached {target:g}: {LAST} scored instead")
+            checkpoint_path, checkpoint = last_path, last
         digest = weights_digest(checkpoint)
         if digest in digests:
             copies.append({"run": run, "same_weights_as": digests[digest]})
@@ -143,9 +154,9 @@ def collect(args) -> dict:
         digests[digest] = run
         mask = checkpoint.mask()
         rows.append({"run": run, "label": label_of(identity, identities), "method": identity.get("method"),
-                     "target_sparsity": float(identity.get("prune_sparsity") or 0.0),
+                     "target_sparsity": target,
                      "sparsity": round(mask.sparsity(), 6) if mask is not None else 0.0,
-                     "checkpoint": checkpoint_path, "train_command": manifests[run].get("command"),
+                     "checkpoint": checkpoint_path, "scored_instead": scored_instead, "train_command": manifests[run].get("command"),
                      "environment": manifests[run].get("environment"),
                      "seed": identity.get("seed"), "updates": updates_of(run), "train_seconds": train_seconds(run),
                      **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args)})
@@ -153,6 +164,12 @@ def collect(args) -> dict:
     for row in rows:
         row.update(cost(row["run"], identities, spent))
     return {"rows": rows, "unfinished": unfinished, "copies": copies, **claims.judge(rows)}
+
+
+def below(checkpoint: Checkpoint, target: float) -> bool:
+    """Whether the checkpoint's mask is less sparse than the run's target (by more than rounding)."""
+    mask = checkpoint.mask()
+    return mask is not None and mask.sparsity() < target - 0.005
 
 
 def weights_digest(checkpoint: Checkpoint) -> str:

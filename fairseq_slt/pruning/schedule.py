@@ -50,6 +50,10 @@ class Schedule:
     def sparsity_at(self, update: int) -> float:
         return cubic_sparsity(update, self.initial, self.final, self.start, self.end) if self.gradual else self.final
 
+    def reached(self, update: int) -> bool:
+        """Whether the final sparsity holds after ``update`` updates (always, for a mask that does not grow)."""
+        return not self.gradual or update >= self.end
+
     def target_at(self, update: int) -> Optional[float]:
         """The sparsity to prune to after ``update`` updates; None where the mask stays as it is."""
         if not self.gradual or not is_pruning_step(update, self.start, self.end, self.frequency):

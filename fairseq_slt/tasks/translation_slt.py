@@ -127,6 +127,7 @@ class TranslationSLTTask(TranslationTask):
                 self.pruning.after_step(update_num)
             except UserError as err:
                 raise _user_error(err) from None
+            fairseq_patches.hold_best(not self.pruning.schedule.reached(update_num + 1))
 
     def build_generator(self, models, args, **kwargs):
         if self.cfg.sparse_inference:
