@@ -12,6 +12,7 @@ from fairseq_slt.tasks.translation_slt import TranslationSLTTask
 
 fairseq_patches.install()  # what importing the plugin does once fairseq is loaded
 Trainer = __import__("fairseq.trainer").trainer.Trainer
+SAVE_CHECKPOINT = fairseq_patches._fairseq_save_checkpoint  # fairseq's own, under the plugin's hold_best wrapper
 
 
 def _source(function):
@@ -28,7 +29,7 @@ def test_patches_are_installed_once_on_the_attributes_fairseq_calls():
 
 
 def test_fairseq_saves_one_checkpoint_then_copies_it_with_pathmanager_copy():
-    source = _source(checkpoint_utils.save_checkpoint)
+    source = _source(SAVE_CHECKPOINT)
     assert "trainer.save_checkpoint(checkpoints[0]" in source and "PathManager.copy(" in source
     assert "checkpoint_utils.torch_persistent_save(" in _source(Trainer.save_checkpoint)
     assert list(inspect.signature(fairseq_patches._fairseq_save).parameters) == ["obj", "filename", "async_write"]
@@ -50,12 +51,17 @@ def test_fairseq_loads_models_through_the_module_level_function_it_checks_paths_
 
 def test_fairseq_files_task_state_under_the_task_class_name():
     assert TASK_KEY == TranslationSLTTask.__name__
-    assert "trainer.task.get_checkpoint_dict()" in _source(checkpoint_utils.save_checkpoint)
+    assert "trainer.task.get_checkpoint_dict()" in _source(SAVE_CHECKPOINT)
     assert "extra_state.get(trainer.task.__class__.__name__" in _source(checkpoint_utils.load_checkpoint)
 
 
 def test_fairseq_keeps_the_best_loss_in_a_function_attribute():
-    assert "save_checkpoint.best = " in _source(checkpoint_utils.save_checkpoint)
+    source = _source(SAVE_CHECKPOINT)
+    # hold_best: the best is updated first, then compared; the attribute is found through the module's name
+    assert source.index("save_checkpoint.best = best_function(val_loss, prev_best)") < \
+        source.index("is_better(val_loss, save_checkpoint.best)")
+    assert SAVE_CHECKPOINT.__globals__ is checkpoint_utils.__dict__
+    assert checkpoint_utils.save_checkpoint is fairseq_patches.save_checkpoint_holding_best
     assert "save_checkpoint.best = extra_state[\"best\"]" in _source(checkpoint_utils.load_checkpoint)
     checkpoint_utils.save_checkpoint.best = 1.0
     fairseq_patches.forget_inherited_best()
