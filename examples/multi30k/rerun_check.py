@@ -6,6 +6,7 @@ import sys
 
 from fairseq_slt.checkpoints import Checkpoint
 from fairseq_slt.cli import claims
+from fairseq_slt.cli.report import setup_of
 from fairseq_slt.cli.results import weights_digest
 from fairseq_slt.pruning import atomic_write_text
 
@@ -20,14 +21,9 @@ same = weights_digest(Checkpoint(row["checkpoint"], "checkpoint", mmap=True)) ==
     weights_digest(Checkpoint(again["checkpoint"], "checkpoint", mmap=True))
 
 
-def where(r):
-    env = r.get("environment") or {}
-    return f"{env.get('cpu', 'not recorded')} ({env.get('cpu_capability', '?')}), {env.get('threads', '?')} thread(s)"
-
-
 lines = [f"# {row['label']} {row['target_sparsity'] * 100:g} %: a committed row re-run from its recorded command", "",
-         f"- committed row: {original}: BLEU {row['score']['bleu']:.2f}, trained on {where(row)}",
-         f"- re-run: {again['run']}: BLEU {bleu:.2f} (chrF {again['score'].get('chrf')}), trained on {where(again)}",
+         f"- committed row: {original}: BLEU {row['score']['bleu']:.2f}, trained on {setup_of(row.get('environment'))}",
+         f"- re-run: {again['run']}: BLEU {bleu:.2f} (chrF {again['score'].get('chrf')}), trained on {setup_of(again.get('environment'))}",
          f"- the cell's seeds: {cell['n']} run(s) {cell['seeds']}, BLEU {low:.2f}-{high:.2f}",
          f"- verdict: {'within the range' if not outside else f'outside the range by {outside:.2f} BLEU'}; "
          f"the re-run's weights are {'the same' if same else 'not the same'} bit for bit"]

@@ -60,15 +60,18 @@ def _environments(rows: List[dict]) -> List[str]:
     """Where the runs were trained (run.json): the same command gives other floats on another processor."""
     setups = {}
     for row in rows:
-        env = row.get("environment")
-        key = "not recorded" if not env else (
-            f"{env.get('cuda') or env.get('cpu')} ({env.get('cpu_capability')}), {env.get('threads')} threads, "
-            f"torch {env.get('torch')}")
-        setups.setdefault(key, []).append(row)
+        setups.setdefault(setup_of(row.get("environment")), []).append(row)
     if len(setups) == 1:
         return [f"Trained on: {next(iter(setups))}."]
     return [f"Trained on {len(setups)} setups, which give the same command other results: "
             + "; ".join(f"{key}: {len(group)} runs" for key, group in sorted(setups.items())) + "."]
+
+
+def setup_of(env) -> str:
+    """Where a run was trained, in words (run.json's "environment")."""
+    return "not recorded" if not env else (
+        f"{env.get('cuda') or env.get('cpu')} ({env.get('cpu_capability')}), {env.get('threads')} threads, "
+        f"torch {env.get('torch')}")
 
 
 def cost_table(rows: List[dict], labels: List[str], levels: List[float]) -> List[str]:

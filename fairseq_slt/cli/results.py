@@ -136,23 +136,23 @@ def collect(args) -> dict:
             unfinished.append({"run": run, "why": why})
             continue
         checkpoint = Checkpoint(checkpoint_path, "checkpoint", mmap=True)
-        target = float(identity.get("prune_sparsity") or 0.0)
+        mask, target = checkpoint.mask(), float(identity.get("prune_sparsity") or 0.0)
         scored_instead = None
-        if below(checkpoint, target):  # a best saved before the schedule reached the target (plugin < 2026-12-04)
+        if below(mask, target):  # a best saved before the schedule reached the target (plugin < 2026-12-04)
             last_path = os.path.join(run, LAST)
             last = Checkpoint(last_path, "checkpoint", mmap=True) if os.path.isfile(last_path) else None
-            if last is None or below(last, target):
+            last_mask = last.mask() if last is not None else None
+            if last is None or below(last_mask, target):
                 unfinished.append({"run": run, "why": f"no checkpoint at its target sparsity {target:g}"})
                 continue
-            scored_instead = (f"{args.checkpoint} is at sparsity {checkpoint.mask().sparsity():.3f}, saved before "
+            scored_instead = (f"{args.checkpoint} is at sparsity {mask.sparsity():.3f}, saved before "
                               f"the schedule reached {target:g}: {LAST} scored instead")
-            checkpoint_path, checkpoint = last_path, last
+            checkpoint_path, checkpoint, mask = last_path, last, last_mask
         digest = weights_digest(checkpoint)
         if digest in digests:
             copies.append({"run": run, "same_weights_as": digests[digest]})
             continue
         digests[digest] = run
-        mask = checkpoint.mask()
         rows.append({"run": run, "label": label_of(identity, identities), "method": identity.get("method"),
                      "target_sparsity": target,
                      "sparsity": round(mask.sparsity(), 6) if mask is not None else 0.0,
@@ -166,9 +166,8 @@ def collect(args) -> dict:
     return {"rows": rows, "unfinished": unfinished, "copies": copies, **claims.judge(rows)}
 
 
-def below(checkpoint: Checkpoint, target: float) -> bool:
-    """Whether the checkpoint's mask is less sparse than the run's target (by more than rounding)."""
-    mask = checkpoint.mask()
+def below(mask, target: float) -> bool:
+    """Whether a checkpoint's mask is less sparse than the run's target (by more than rounding)."""
     return mask is not None and mask.sparsity() < target - 0.005
 
 
