@@ -9,7 +9,9 @@ one-shot) is translated by every engine at each batch size and thread count, twi
 Each engine and setting runs in a process of its own (two engines' thread pools in one process slow each
 other down): fairseq's SequenceGenerator after prepare_for_inference_, as fairseq-generate; --sparse-inference
 as the plugin applies it (the layer plan, then the whole-step trial); CTranslate2 from `fairseq-slt
-export-ct2 --no-verify` folders; fairseq dense, sparse and a second copy of the dense weights ("dense again":
+export-ct2 --no-verify` folders (with N threads: N batches at a time, one thread each, as it serves best;
+'ct2 int8 intra' is one batch at a time on N threads); every engine batches sentences of similar source
+lengths, as fairseq-generate and CTranslate2's max_batch_size do; fairseq dense, sparse and a second copy of the dense weights ("dense again":
 the noise floor, two identical engines measured apart) share a process, interleaved in --repeats rounds whose
 order rotates. One warm-up batch before each timed pass. Prints the median sentences/s, the ratio to fairseq
 dense (paired by round within a process), the rounds' spread, BLEU, and the sizes on disk.
@@ -61,13 +63,15 @@ def load_fairseq(path: str, data: str):
 
 
 def fairseq_translate(task, model, sources, batch_size: int, fixed: int):
-    """id -> detokenized hypothesis, in batches of ``batch_size`` sentences in file order."""
+    """id -> detokenized hypothesis, in batches of ``batch_size`` sentences of similar source lengths (as
+    fairseq-generate batches them, and as CTranslate2 does with max_batch_size)."""
     lengths = dict(max_len_a=0, max_len_b=fixed, min_len=fixed) if fixed else dict(max_len_a=1.2, max_len_b=10)
     generator = task.build_generator([model], argparse.Namespace(beam=5, **lengths))
     dataset, output = task.dataset("test"), {}
+    ordered = sorted(sources, key=lambda i: int(dataset.src_sizes[i]))
     with torch.no_grad():
-        for start in range(0, len(sources), batch_size):
-            sample = dataset.collater([dataset[i] for i in sources[start:start + batch_size]])
+        for start in range(0, len(ordered), batch_size):
+            sample = dataset.collater([dataset[i] for i in ordered[start:start + batch_size]])
             for sentence, hyps in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
                 output[sentence] = task.target_dictionary.string(hyps[0]["tokens"], "sentencepiece")
     return output
@@ -121,8 +125,12 @@ def worker(args) -> None:
     else:
         import ctranslate2
         tokens = {i: [task.source_dictionary[t] for t in dataset.src[i].tolist()[:-1]] for i in sources}
-        translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1,
-                                            intra_threads=args.threads[0])
+        # "ct2 <precision>": as CTranslate2 serves best with N cores, N batches at a time on one thread each
+        # (inter_threads); "... intra": one batch at a time on N threads, which is 7-20x slower than one thread on
+        # the 2-vCPU machine of docs/benchmarks (the threads' synchronisation costs more than the work it shares)
+        intra, threads = args.worker.endswith(" intra"), args.threads[0]
+        translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1 if intra else threads,
+                                            intra_threads=threads if intra else 1)
         engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed)
     report = {name: {"sentences": len(sources)} for name in engines}
     names = list(engines)
@@ -179,7 +187,9 @@ def main():
           f"process of its own (fairseq dense, sparse and the same dense weights again interleaved in one, the order "
           f"rotated each round), median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the "
           "medians, or for engines in its process the median of the rounds' ratios; then the spread of the rounds, "
-          "max - min over the median); BLEU of the natural pass")
+          "max - min over the median); BLEU of the natural pass; batches of similar source lengths for every engine; "
+          "CTranslate2 with N threads runs N batches at a time (inter_threads=N, intra_threads=1), 'ct2 int8 intra' "
+          "one batch at a time on N threads")
     print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
           f"{'BLEU':>6}")
     try:
@@ -198,7 +208,8 @@ def main():
             for batch_size in args.batch_sizes:
                 for threads in args.threads:
                     base = None
-                    for worker_name in ("fairseq", "ct2 float32", "ct2 int8"):
+                    ct2 = ("ct2 float32", "ct2 int8") + (("ct2 int8 intra",) if threads > 1 else ())
+                    for worker_name in ("fairseq",) + ct2:
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
                                    "--worker", worker_name, "--batch-sizes", str(batch_size), "--threads", str(threads),
                                    "--sentences", str(args.sentences), "--sentences-batch1", str(args.sentences_batch1),

@@ -9,6 +9,9 @@ torch_spec="${TORCH_SPEC:-torch==2.13.0}"
 stamp="$venv/.fairseq-slt-installed"
 want="$(cat "$root/setup.py" "$root/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
 
+# one setup at a time: two commands started at once in a fresh clone (the tests and the demo) wait here
+# for the first to finish instead of building one venv twice ("No module named pip")
+mkdir -p "$venv" && exec 9> "$venv/.setup.lock" && { ! command -v flock > /dev/null || flock 9; }
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
