@@ -16,9 +16,13 @@ from fairseq_slt.pruning import Mask, pruned_count
 
 
 
+def short_generate():  # the tiny models never end a sentence: 20 steps a hypothesis instead of fairseq's 200
+    return f"{tool_path('fairseq-generate')} --max-len-a 0 --max-len-b 20"
+
+
 def driver_args(work, *options, data, max_update=12):
     return ["iterate", "--work-dir", work, "--train-command", tool_path("fairseq-train"),
-            "--generate-command", tool_path("fairseq-generate"), *options, "--", data, *TINY_MODEL, *TRAINING,
+            "--generate-command", short_generate(), *options, "--", data, *TINY_MODEL, *TRAINING,
             "--max-update", str(max_update)]
 
 
@@ -45,8 +49,8 @@ def processes_naming(text):
 
 def test_two_levels_rewind_to_the_previous_level_and_resume_after_a_kill(data_bin, tmp_path):
     work = str(tmp_path / "iterate")
-    # 200 updates (about 5 s here): the trainer is killed at its first checkpoint, far from its end
-    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin, max_update=200) + [
+    # 50 updates a stage: the trainer is killed at its first checkpoint (update 10), far from its end
+    args = driver_args(work, "--levels", "0.5,0.8", "--rewind-k", "4", data=data_bin, max_update=50) + [
         "--save-interval-updates", "10"]
     os.makedirs(work)
     holder = os.open(work, os.O_RDONLY)
@@ -72,7 +76,7 @@ def test_two_levels_rewind_to_the_previous_level_and_resume_after_a_kill(data_bi
     wait_until_unlocked(stage_dir, timeout=30)
     assert processes_naming(stage_dir) == []
     stopped_at = load(target)["optimizer_history"][-1]["num_updates"]
-    assert stopped_at < 200  # the trainer did not go on to the end on its own
+    assert stopped_at < 50  # the trainer did not go on to the end on its own
     assert "[2/3] slt_0.5: done" in first_output and "[3/3] slt_0.8: done" not in first_output
     assert not os.path.exists(os.path.join(work, "slt_0.8", ".done"))
 
@@ -123,7 +127,7 @@ def test_rewind_to_the_dense_run_and_lt(data_bin, dense_run, tmp_path):
     # --bleu scores with results' scorer: the same figure results prints for the same checkpoint and subset
     summary = json.load(open(os.path.join(work, "summary.json")))["stages"]
     scored = run_tool("fairseq-slt", "results", os.path.join(work, "lt_0.4"), "--subset", "valid", "--beam", "2",
-                      "--generate-command", tool_path("fairseq-generate"), "--json", tmp_path / "lt.json")
+                      "--generate-command", short_generate(), "--json", tmp_path / "lt.json")
     rows = json.load(open(tmp_path / "lt.json"))["rows"]
     assert summary[0]["valid_bleu"] == rows[0]["score"]["bleu"] and isinstance(rows[0]["score"]["bleu"], float), scored.stdout
 
