@@ -1,5 +1,6 @@
 """``fairseq-slt results``' outputs: the Markdown table (cells with their seeds' mean and range, the
 claims' verdicts, what each cell cost) and the BLEU-vs-sparsity plot."""
+import os
 import statistics
 from typing import Dict, List
 
@@ -46,14 +47,25 @@ def markdown(result: dict, chrf: bool) -> str:
     if "claims" in result:
         notes += claims.notes(result)
     notes += cost_table(rows, labels, levels)
+    name = _namer(result)
     for row in result["rows"]:
         if row.get("scored_instead"):
-            notes.append(f"Scored another checkpoint: {row['run']}: {row['scored_instead']}")
+            notes.append(f"Scored another checkpoint: {name(row['run'])}: {row['scored_instead']}")
     for item in result.get("copies", []):
-        notes.append(f"Not a second run: {item['run']} has the same weights bit for bit as {item['same_weights_as']}")
+        notes.append(f"Not a second run: {name(item['run'])} has the same weights bit for bit as "
+                     f"{name(item['same_weights_as'])}")
     for item in result["unfinished"]:
-        notes.append(f"Unfinished: {item['run']} ({item['why']})")
+        notes.append(f"Unfinished: {name(item['run'])} ({item['why']})")
     return "\n".join(lines + notes) + "\n"
+
+
+def _namer(result: dict):
+    """A run as the table names it: from the folder that holds every run (mp/mp_0.9, not /home/.../mp/mp_0.9:
+    a committed table says nothing about one machine's paths; the JSON keeps the full paths)."""
+    runs = [r["run"] for r in result["rows"]] + [u["run"] for u in result["unfinished"]]
+    parents = [os.path.dirname(os.path.abspath(run)) for run in runs]
+    base = os.path.commonpath(parents) if parents else os.sep
+    return lambda run: os.path.relpath(os.path.abspath(run), base)
 
 
 def _environments(rows: List[dict]) -> List[str]:
