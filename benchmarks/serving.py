@@ -126,7 +126,7 @@ def worker(args) -> None:
         import ctranslate2
         tokens = {i: [task.source_dictionary[t] for t in dataset.src[i].tolist()[:-1]] for i in sources}
         # "ct2 <precision>": as CTranslate2 serves best with N cores, N batches at a time on one thread each
-        # (inter_threads); "... intra": one batch at a time on N threads, which is 7-20x slower than one thread on
+        # (inter_threads); "... intra": one batch at a time on N threads, which is 2-20x slower than one thread on
         # the 2-vCPU machine of docs/benchmarks (the threads' synchronisation costs more than the work it shares)
         intra, threads = args.worker.endswith(" intra"), args.threads[0]
         translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1 if intra else threads,
