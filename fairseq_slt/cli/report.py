@@ -46,7 +46,8 @@ def markdown(result: dict, chrf: bool) -> str:
     notes += _environments(result["rows"])
     if "claims" in result:
         notes += claims.notes(result)
-    notes += cost_table(rows, labels, levels)
+    costs = cost_table(rows, labels, levels)
+    notes += costs + ([""] if costs else [])  # what follows a Markdown table must not read as its last row
     name = _namer(result)
     for row in result["rows"]:
         if row.get("scored_instead"):
