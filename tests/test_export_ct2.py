@@ -71,6 +71,7 @@ def test_int8_export_reports_bleu_and_a_failed_check_writes_nothing(trained, tmp
     out = str(tmp_path / "int8")
     summary = export(trained["checkpoint"], out).stdout
     assert "CTranslate2 int8 model" in summary and "BLEU fairseq" in summary and os.path.isdir(out)
+    assert f"serve it: ctranslate2.Translator({out!r}, device='cpu', inter_threads=<cores>, intra_threads=1)" in summary
     # a drop limit no model can meet: refused after the check, and OUT_DIR is not made
     refused = export(trained["checkpoint"], str(tmp_path / "never"), "--max-bleu-drop",
                        "-100", check=False)
