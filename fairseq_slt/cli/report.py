@@ -63,7 +63,7 @@ def markdown(result: dict, chrf: bool) -> str:
 def _namer(result: dict):
     """A run as the table names it: from the folder that holds every run (mp/mp_0.9, not /home/.../mp/mp_0.9:
     a committed table says nothing about one machine's paths; the JSON keeps the full paths)."""
-    runs = [r["run"] for r in result["rows"]] + [u["run"] for u in result["unfinished"]]
+    runs = [r["run"] for r in result["rows"] + result["unfinished"] + result.get("copies", [])]
     parents = [os.path.dirname(os.path.abspath(run)) for run in runs]
     base = os.path.commonpath(parents) if parents else os.sep
     return lambda run: os.path.relpath(os.path.abspath(run), base)
