@@ -1,5 +1,5 @@
 """The claims' verdicts from results rows: seeds' mean and range, the noise, holds / fails / within noise."""
-from fairseq_slt.cli import claims
+from fairseq_slt.cli import claims, report
 
 
 def row(label, sparsity, bleu, seed=1):
@@ -53,3 +53,15 @@ def test_second_seeds_go_where_a_gap_is_under_twice_the_dense_spread_and_to_the_
     notes = "\n".join(claims.notes(claims.judge(rows + [row("dense", 0.0, 30.3, seed=2)])))
     assert "- Second seeds wanted (a claim's gap under twice the dense seeds' range, 0.60 BLEU, and the sign " \
            "control): slt 80 % (claim (a) at 80 %" in notes
+
+
+def test_a_seed_run_twice_is_counted_as_runs_not_as_seeds():
+    """The same command and seed on another processor gives other floats: a third run, not a third seed."""
+    rows = [dict(row("dense", 0.0, bleu, seed), run=f"/w/dense{i}", dense_fp32_bytes=1, bitmap_fp32_bytes=1)
+            for i, (bleu, seed) in enumerate(((30.0, 1), (30.2, 2), (30.6, 2)))]
+    rows.append(dict(row("slt", 0.5, 29.0), run="/w/slt", dense_fp32_bytes=1, bitmap_fp32_bytes=1))
+    for r in rows:
+        r["score"]["signature"] = "nrefs:1"
+    table = report.markdown({"rows": rows, "unfinished": []}, chrf=False)
+    assert "| 0 (dense) | 0.00 MB | 30.3 (30.0-30.6, 3 runs of seeds 1, 2, 2) |" in table, table
+    assert "2 seeds" in report.markdown({"rows": rows[1:2] + rows[0:1] + rows[3:], "unfinished": []}, chrf=False)

@@ -21,7 +21,7 @@ def markdown(result: dict, chrf: bool) -> str:
     def cell(c):
         if c is None:
             return "-"
-        text = f"{c['mean']:.1f}" + (f" ({c['min']:.1f}-{c['max']:.1f}, {c['n']} seeds)" if c["n"] > 1 else "")
+        text = f"{c['mean']:.1f}" + (f" ({c['min']:.1f}-{c['max']:.1f}, {_runs(c)})" if c["n"] > 1 else "")
         if chrf:
             text += " / " + f"{statistics.mean(_chrf(rows, c)):.1f}"
         return text
@@ -58,6 +58,13 @@ def markdown(result: dict, chrf: bool) -> str:
     for item in result["unfinished"]:
         notes.append(f"Unfinished: {name(item['run'])} ({item['why']})")
     return "\n".join(lines + notes) + "\n"
+
+
+def _runs(cell: dict) -> str:
+    """'2 seeds', or where a seed was run twice (the same command on another processor) '3 runs of seeds 1, 2, 2'."""
+    if len(set(cell["seeds"])) == cell["n"]:
+        return f"{cell['n']} seeds"
+    return f"{cell['n']} runs of seeds {', '.join(map(str, cell['seeds']))}"
 
 
 def _namer(result: dict):
