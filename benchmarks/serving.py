@@ -13,8 +13,9 @@ export-ct2 --no-verify` folders (with N threads: N batches at a time, one thread
 'ct2 int8 intra' is one batch at a time on N threads); every engine batches sentences of similar source
 lengths, as fairseq-generate and CTranslate2's max_batch_size do; fairseq dense, sparse and a second copy
 of the dense weights ("dense again": the noise floor, two identical engines measured apart) share a
-process, interleaved in --repeats rounds whose order rotates. One warm-up batch before each timed pass. Prints the median sentences/s, the ratio to fairseq
-dense (paired by round within a process), the rounds' spread, BLEU, and the sizes on disk.
+process, interleaved in --repeats rounds whose order rotates. One warm-up batch before each timed pass.
+Prints the median sentences/s, the ratio to fairseq dense (paired by round within a process), the rounds'
+spread, BLEU, and the sizes on disk.
 Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
 """
 import argparse

@@ -9,14 +9,12 @@ import sys
 import pytest
 import torch
 
-from conftest import MULTI30K, ROOT, TINY_MODEL, TRAINING, env, load, train_killed_when
+from conftest import MULTI30K, ROOT, TINY_MODEL, TRAINING, env, load, short_generate, train_killed_when
 
 RECIPE = os.path.join(ROOT, "examples", "multi30k")
 
 
-# the tiny models of 8 updates never end a sentence: fairseq's default 200 steps per hypothesis were most of
-# each scoring's time (2.5 of 4 s)
-SHORT_GENERATE = "fairseq-generate --max-len-a 0 --max-len-b 20"
+SHORT_GENERATE = short_generate()  # fairseq-generate on the recipes' PATH, hypotheses cut at 20 tokens
 
 
 def recipe_env(work, **extra):
