@@ -168,6 +168,7 @@ def main():
     parser.add_argument("--sentences", type=int, default=1000, help="test sentences at batch sizes > 1")
     parser.add_argument("--sentences-batch1", type=int, default=100)
     parser.add_argument("--fixed-length", type=int, default=24)
+    parser.add_argument("--labels", nargs="+", help="a name per checkpoint in the table (default: its run folder's)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved timed rounds per setting (median kept, spread printed)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -177,6 +178,9 @@ def main():
         return worker(args)
     import json
 
+    labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoints]
+    if len(labels) != len(args.checkpoints):
+        raise SystemExit(f"error: --labels names {len(labels)} models for {len(args.checkpoints)} checkpoints")
     import ctranslate2
     from sacrebleu.metrics import BLEU
 
@@ -194,11 +198,11 @@ def main():
     print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
           f"{'BLEU':>6}")
     try:
-        checkpoints = [pruned_copy(c, s, work) for c in args.checkpoints for s in args.prune] or args.checkpoints
-        for checkpoint in checkpoints:
+        checkpoints = ([(pruned_copy(c, s, work), f"{name} {100 * s:g}%") for c, name in zip(args.checkpoints, labels)
+                        for s in args.prune] or list(zip(args.checkpoints, labels)))
+        for checkpoint, label in checkpoints:
             translators = {q: export(checkpoint, args.data, q, work) for q in ("float32", "int8")}
             sizes = {q: _folder_bytes(path) for q, path in translators.items()}
-            label = os.path.basename(checkpoint)
             model = safe_load(checkpoint)["model"]
             matrices = [w for w in model.values() if w.dim() >= 2 and w.is_floating_point()]
             zeros = sum(int((w == 0).sum()) for w in matrices) / sum(w.numel() for w in matrices)
@@ -228,7 +232,7 @@ def main():
                             bleu = BLEU().corpus_score(report["hyps"], [refs[:n]]).score
                             cells = [f"{report[k]:>8.2f} ({report.get(k + '_paired', report[k] / base[k]):.2f}x "
                                      f"{100 * report[k + '_spread']:>2.0f}%)" for k in ("natural", "fixed")]
-                            print(f"{label[-16:]:<16} {engine:<15} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>22} "
+                            print(f"{label[:16]:<16} {engine:<15} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>22} "
                                   f"{cells[1]:>22} {bleu:>6.2f}", flush=True)
                             trials += report.get("trial", [])
             for line in trials:

@@ -214,3 +214,13 @@ def test_every_shell_script_parses_and_the_converged_driver_asks_for_t():
                           env={k: v for k, v in os.environ.items() if k != "T"})
     assert no_t.returncode != 0 and no_t.stderr.strip().endswith("T: set T, from the dense curve (fairseq-slt curve "
                                                                  "prints it)")
+
+
+def test_base_model_recipe_refuses_a_work_without_data_and_writes_nothing(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    done = subprocess.run(["bash", "examples/multi30k/13_base_model.sh"], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, WORK=str(work), SLT_NO_SETUP="1"))
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        f"error: no prepared data in {work}/data (run 01_prepare.sh with this WORK first)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"] and not any(work.iterdir())
