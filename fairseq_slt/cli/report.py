@@ -41,8 +41,9 @@ def markdown(result: dict, chrf: bool) -> str:
     notes += [f"BLEU signature: `{s}`" for s in sorted({r["score"]["signature"] for r in rows})]
     timed = [r["train_seconds"] for r in result["rows"] if r.get("train_seconds") is not None]
     if timed:
-        notes.append(f"Training time (fairseq's wall time of each run, validation included): {len(timed)} runs, "
-                     f"{sum(timed) / 3600:.2f} h in all, median {statistics.median(timed) / 60:.1f} min.")
+        notes.append("Training time (fairseq's wall time of each run, validation included): "
+                     f"{_count(len(timed), 'run')}, {sum(timed) / 3600:.2f} h in all, "
+                     f"median {statistics.median(timed) / 60:.1f} min.")
     notes += _environments(result["rows"])
     if "claims" in result:
         notes += claims.notes(result)
@@ -67,6 +68,10 @@ def _runs(cell: dict) -> str:
     return f"{cell['n']} runs of seeds {', '.join(map(str, cell['seeds']))}"
 
 
+def _count(n, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _namer(result: dict):
     """A run as the table names it: from the folder that holds every run (mp/mp_0.9, not /home/.../mp/mp_0.9:
     a committed table says nothing about one machine's paths; the JSON keeps the full paths)."""
@@ -84,13 +89,13 @@ def _environments(rows: List[dict]) -> List[str]:
     if len(setups) == 1:
         return [f"Trained on: {next(iter(setups))}."]
     return [f"Trained on {len(setups)} setups, which give the same command other results: "
-            + "; ".join(f"{key}: {len(group)} runs" for key, group in sorted(setups.items())) + "."]
+            + "; ".join(f"{key}: {_count(len(group), 'run')}" for key, group in sorted(setups.items())) + "."]
 
 
 def setup_of(env) -> str:
     """Where a run was trained, in words (run.json's "environment")."""
     return "not recorded" if not env else (
-        f"{env.get('cuda') or env.get('cpu')} ({env.get('cpu_capability')}), {env.get('threads')} threads, "
+        f"{env.get('cuda') or env.get('cpu')} ({env.get('cpu_capability')}), {_count(env.get('threads'), 'thread')}, "
         f"torch {env.get('torch')}")
 
 
@@ -107,7 +112,7 @@ def cost_table(rows: List[dict], labels: List[str], levels: List[float]) -> List
         if row is None:
             return "-"
         hours = f", {row['cost_hours']:.2f} h" if row.get("cost_hours") is not None else ""
-        return f"{row['cost_updates']:,} ({row['cost_runs']} runs{hours})"
+        return f"{row['cost_updates']:,} ({_count(row['cost_runs'], 'run')}{hours})"
 
     lines = ["", "Cost of each cell in all (updates of every run it needs, its dense run and earlier levels "
              "included, and their CPU hours):", "",
