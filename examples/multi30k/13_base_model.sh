@@ -4,8 +4,8 @@
 # 4000-word vocabulary), whose matrices are large enough for sparse kernels to win, unlike the demo's 128 dims.
 # In BASE_WORK, beside WORK, on WORK's data (01_prepare.sh first); BASE_T updates with the MP schedule scaled
 # to them, dropout 0.3 and a peak learning rate of 5e-4 (the recipe's 2e-3 is for 128 dims; post-norm 512 dims
-# needs less), warm-up over the first quarter. About 9 s an update on one thread of the 2-core machine of
-# docs/benchmarks beside another run: 5 h at BASE_T=2000.
+# needs less), warm-up over the first quarter. About 12 s an update on one thread of the 2-core machine of
+# docs/benchmarks beside another run (measured): 7 h at BASE_T=2000.
 #   WORK=runs/multi30k BASE_T=2000 bash examples/multi30k/13_base_model.sh
 RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${WORK:=$RECIPE/../../runs/multi30k}" "${BASE_T:=2000}"

@@ -123,7 +123,7 @@ rerun_check() {  # once the re-run and the cell's second seed are in: is it with
 }
 
 # The second phase needs no barrier inside it: each lane goes on with its own remaining work (lane a: the
-# seeds, 1.5 h, the base-size model, 5 h, and MP-SLT 95/98; lane b: the re-run, SLT-MP 80 and the LT and CLT
+# seeds, 1.5 h, the base-size model, 7 h, and MP-SLT 95/98; lane b: the re-run, SLT-MP 80 and the LT and CLT
 # chains: about 8 h each), and the re-run is judged by whichever lane finishes its part of it last.
 rest_a() {  # the seeds of SLT's kin, the base-size model of the serving benchmark, MP-SLT at the remaining levels
   seeds_lane a && touch "$SEED2_WORK/.seeds_a_done" || return 1
