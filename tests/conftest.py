@@ -76,9 +76,10 @@ def tool_path(tool):
 SHORT_HYPOTHESES = "--max-len-a 0 --max-len-b 20"
 
 
-def short_generate(tool="fairseq-generate"):
-    """A --generate-command (or the recipes' GENERATE_COMMAND) that cuts hypotheses at 20 tokens."""
-    return f"{tool} {SHORT_HYPOTHESES}"
+def short_generate(tool=None):
+    """A --generate-command (or the recipes' GENERATE_COMMAND) that cuts hypotheses at 20 tokens; fairseq-generate
+    through the tests' fork server unless ``tool`` names another command."""
+    return f"{tool or tool_path('fairseq-generate')} {SHORT_HYPOTHESES}"
 
 
 def run_tool(tool, *args, cwd=None, check=True, extra_env=None):

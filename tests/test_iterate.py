@@ -10,8 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import (BIN, TINY_MODEL, TRAINING, env, load, run_tool, short_generate, tool_path,
-                      wait_until_unlocked)
+from conftest import BIN, TINY_MODEL, TRAINING, env, load, run_tool, short_generate, tool_path, wait_until_unlocked
 from fairseq_slt.cli.main import main as cli_main
 from fairseq_slt.pruning import Mask, pruned_count
 
@@ -19,7 +18,7 @@ from fairseq_slt.pruning import Mask, pruned_count
 
 def driver_args(work, *options, data, max_update=12):
     return ["iterate", "--work-dir", work, "--train-command", tool_path("fairseq-train"),
-            "--generate-command", short_generate(tool_path("fairseq-generate")), *options, "--", data, *TINY_MODEL, *TRAINING,
+            "--generate-command", short_generate(), *options, "--", data, *TINY_MODEL, *TRAINING,
             "--max-update", str(max_update)]
 
 
@@ -124,7 +123,7 @@ def test_rewind_to_the_dense_run_and_lt(data_bin, dense_run, tmp_path):
     # --bleu scores with results' scorer: the same figure results prints for the same checkpoint and subset
     summary = json.load(open(os.path.join(work, "summary.json")))["stages"]
     scored = run_tool("fairseq-slt", "results", os.path.join(work, "lt_0.4"), "--subset", "valid", "--beam", "2",
-                      "--generate-command", short_generate(tool_path("fairseq-generate")), "--json", tmp_path / "lt.json")
+                      "--generate-command", short_generate(), "--json", tmp_path / "lt.json")
     rows = json.load(open(tmp_path / "lt.json"))["rows"]
     assert summary[0]["valid_bleu"] == rows[0]["score"]["bleu"] and isinstance(rows[0]["score"]["bleu"], float), scored.stdout
 

@@ -11,7 +11,7 @@ import tarfile
 
 import torch
 
-from conftest import bits, env, load, one_error_line, run_tool, short_generate, tool_path
+from conftest import bits, env, load, one_error_line, run_tool, short_generate
 from fairseq_slt.checkpoints import Checkpoint
 from fairseq_slt.pruning import atomic_save
 
@@ -26,7 +26,7 @@ def _results(run, tmp_path, name):
     out = str(tmp_path / f"{name}.json")
     # fairseq-generate through the tests' fork server, the tiny model's hypotheses cut at 20 tokens
     run_tool("fairseq-slt", "results", run, "--json", out, "--subset", "test", "--beam", 2, "--generate-command",
-             short_generate(tool_path("fairseq-generate")))
+             short_generate())
     with open(out) as handle:
         row = json.load(handle)["rows"][0]
     row["score"].pop("command")  # names the checkpoint's path

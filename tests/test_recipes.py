@@ -14,7 +14,7 @@ from conftest import MULTI30K, ROOT, TINY_MODEL, TRAINING, env, load, short_gene
 RECIPE = os.path.join(ROOT, "examples", "multi30k")
 
 
-SHORT_GENERATE = short_generate()  # fairseq-generate on the recipes' PATH, hypotheses cut at 20 tokens
+SHORT_GENERATE = short_generate("fairseq-generate")  # on the recipes' PATH, hypotheses cut at 20 tokens
 
 
 def recipe_env(work, **extra):
