@@ -15,7 +15,7 @@ RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$BASE_WORK" && ln -sfn "$WORK/data" "$BASE_WORK/data"
 WORK="$BASE_WORK" MAX_UPDATE="$BASE_T" ARCH_ARGS="$BASE_ARCH_ARGS"
 unset REWIND_K MP_START MP_END MP_FREQ  # the schedule scales to BASE_T, whatever the caller's run used
-# a checkpoint every 100 updates (15 minutes), so that a stopped session loses little of a 5 h run
+# a checkpoint every 100 updates (15 minutes), so that a stopped session loses little of a 7 h run
 TRAIN_ARGS="--optimizer adam --adam-betas (0.9,0.98) --lr 0.0005 --lr-scheduler inverse_sqrt --warmup-updates $(( BASE_T / 4 )) --weight-decay 0.0001 --label-smoothing 0.1 --max-tokens 4096 --num-workers 0 --no-epoch-checkpoints --save-interval-updates 100 --keep-interval-updates 1 --no-progress-bar --log-interval 50 --log-format simple --seed 1"
 source "$RECIPE/common.sh"
 # shellcheck disable=SC2046

@@ -8,7 +8,7 @@
 # Two phases on the two lanes: the claims' cells; then the second seeds that `fairseq-slt results` picks
 # from them (the recipe with --seed 2 in ${WORK}_seed2), a re-run of one row from its recorded command
 # (RERUN), the transformer-base-size MP 90 % model of the serving benchmark (13_base_model.sh, BASE_T
-# updates, in ${WORK}_base) and the remaining cells, about 8 h a lane. Last, alone on the machine, the
+# updates, default 2000, in ${WORK}_base) and the remaining cells, about 8 h a lane. Last, alone on the machine, the
 # serving benchmark on the base-size and demo-size models (docs/benchmarks/serving_trained_base.txt).
 #   T=3500 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
 # CHAINS=a (or b) runs one chain only, e.g. to leave the other core to other work.
@@ -24,7 +24,6 @@ R="$RECIPE_DIR"
 STORE="$PUBLISH/runs" SEED2_WORK="${WORK}_seed2" SEED2_STORE="$PUBLISH/runs_seed2"
 BASE_WORK="${WORK}_base"
 : "${BENCHMARKS:=${COMMIT_REPO:-$ROOT_DIR}/docs/benchmarks}"
-: "${BASE_T:=2000}"; export BASE_T
 source "$R/store.sh"
 
 publish() {  # the table of every finished cell, written (and committed) one chain at a time, and its runs packed
@@ -160,7 +159,8 @@ serving_benchmark() {
   mkdir -p "$BENCHMARKS" && {
     echo "# ${command[*]}" | sed "s#$ROOT_DIR/##; s#$WORK#\${WORK}#g"
     echo "# $(date -u +%F), $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) cores, nothing else running (the last" \
-      "step of examples/multi30k/run_converged.sh, T=$T); base: 13_base_model.sh (MP 90 %, $BASE_T updates)"
+      "step of examples/multi30k/run_converged.sh, T=$T); base: 13_base_model.sh (MP 90 %," \
+      "$(sed -n 's/^MAX_UPDATE=//p' "$base/recipe-settings.txt") updates)"
     "${command[@]}"; } > "$out.part" 2>&1 || { tail -n 3 "$out.part"; return 1; }
   mv "$out.part" "$out" || return 1
   [ -z "${COMMIT_REPO:-}" ] || { git -C "$COMMIT_REPO" add -- "$out" &&
