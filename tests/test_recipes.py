@@ -225,3 +225,25 @@ def test_base_model_recipe_refuses_a_work_without_data_and_writes_nothing(tmp_pa
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
         f"error: no prepared data in {work}/data (run 01_prepare.sh with this WORK first)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"] and not any(work.iterdir())
+
+
+def test_serving_recipe_refuses_unfinished_models_and_writes_nothing(tmp_path):
+    work, out = tmp_path / "w", tmp_path / "bench" / "serving.txt"
+    demo, base = work / "slt" / "slt_0.9", tmp_path / "w_base" / "mp" / "mp_0.9"
+    for run in demo, base:
+        run.mkdir(parents=True)
+        (run / "checkpoint_best.pt").write_bytes(b"")
+    (demo / ".done").touch()  # the demo-size run finished, the base-size one still training
+    variables = dict(os.environ, WORK=str(work), OUT=str(out), SLT_NO_SETUP="1")
+    refused = subprocess.run(["bash", "examples/multi30k/14_serving_benchmark.sh"], cwd=ROOT, capture_output=True,
+                             text=True, env=variables)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"error: no finished run in {work}_base/mp/mp_0.9 (13_base_model.sh for the base-size model; 06_iterate.sh "
+        "slt up to 0.9 for the demo-size one)"]
+    assert refused.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["w", "w_base"]
+    out.parent.mkdir()
+    out.write_text("measured\n")  # a committed result is never measured again over
+    skipped = subprocess.run(["bash", "examples/multi30k/14_serving_benchmark.sh"], cwd=ROOT, capture_output=True,
+                             text=True, env=variables)
+    assert skipped.returncode == 0 and skipped.stdout == f"serving benchmark: {out} exists (delete it to measure again)\n"
+    assert out.read_text() == "measured\n" and sorted(p.name for p in out.parent.iterdir()) == ["serving.txt"]

@@ -7,9 +7,9 @@
 # new one unpacks the packed runs and goes on. Resumable.
 # Two phases on the two lanes: the claims' cells; then the second seeds that `fairseq-slt results` picks
 # from them (the recipe with --seed 2 in ${WORK}_seed2), a re-run of one row from its recorded command
-# (RERUN), the transformer-base-size MP 90 % model of the serving benchmark (13_base_model.sh, BASE_T
-# updates, default 2000, in ${WORK}_base) and the remaining cells, about 8 h a lane. Last, alone on the machine, the
-# serving benchmark on the base-size and demo-size models (docs/benchmarks/serving_trained_base.txt).
+# (RERUN), the transformer-base-size MP 90 % model of the serving benchmark (13_base_model.sh, in ${WORK}_base;
+# skipped once that benchmark is committed) and the remaining cells. Last, alone on the machine, the serving
+# benchmark on the base-size and demo-size models (14_serving_benchmark.sh: docs/benchmarks/serving_trained_base.txt).
 #   T=3500 COMMIT_REPO=/path/to/checkout bash examples/multi30k/run_converged.sh
 # CHAINS=a (or b) runs one chain only, e.g. to leave the other core to other work.
 : "${T:?set T, from the dense curve (fairseq-slt curve prints it)}"
@@ -122,12 +122,13 @@ rerun_check() {  # once the re-run and the cell's second seed are in: is it with
 }
 
 # The second phase needs no barrier inside it: each lane goes on with its own remaining work (lane a: the
-# seeds, 1.5 h, the base-size model, 7 h, and MP-SLT 95/98; lane b: the re-run, SLT-MP 80 and the LT and CLT
-# chains: about 8 h each), and the re-run is judged by whichever lane finishes its part of it last.
+# seeds, 1.5 h, the base-size model, 1.7 h until the serving benchmark is committed, and MP-SLT 95/98; lane b:
+# the re-run, SLT-MP 80 and the LT and CLT chains), and the re-run is judged by whichever lane finishes its
+# part of it last.
 rest_a() {  # the seeds of SLT's kin, the base-size model of the serving benchmark, MP-SLT at the remaining levels
   seeds_lane a && touch "$SEED2_WORK/.seeds_a_done" || return 1
   ( rerun_check ) || echo "rerun check failed (lines above); the cells go on, the driver's end tries it again"
-  BASE_WORK="$BASE_WORK" bash "$R/13_base_model.sh" || return 1
+  [ -e "$BENCHMARKS/serving_trained_base.txt" ] || BASE_WORK="$BASE_WORK" bash "$R/13_base_model.sh" || return 1
   for levels in "0.8 0.9 0.95" "0.8 0.9 0.95 0.98"; do
     LEVELS=$levels WHICH=mp-slt bash "$R/08_combined.sh" && publish "MP-SLT ${levels##* }" || return 1
   done
@@ -143,28 +144,6 @@ rest_b() {  # the re-run and MP's seeds, then SLT-MP 80 % and LT and CLT at ever
       LEVELS="$(levels_up_to "$level")" bash "$R/06_iterate.sh" $method && publish "${method^^} $level" || return 1
     done
   done
-}
-
-# Last, alone on the machine: fairseq dense, --sparse-inference and CTranslate2 on the trained base-size model
-# and the demo-size SLT 90 %, committed to docs/benchmarks (once; delete the file to measure again).
-: "${SERVING_ARGS:=--sentences 300 --sentences-batch1 40 --repeats 5}"
-serving_benchmark() {
-  local out="$BENCHMARKS/serving_trained_base.txt" base="$BASE_WORK/mp/mp_0.9" demo="$WORK/slt/slt_0.9"
-  [ ! -e "$out" ] && [ -e "$base/.done" ] && [ -e "$demo/.done" ] || return 0
-  echo "serving benchmark (about 1.5 h) into $out"
-  local command=(python3 "$ROOT_DIR/benchmarks/serving.py" "$base/checkpoint_best.pt" "$demo/checkpoint_best.pt"
-    --labels base-MP demo-SLT --data "$WORK/data/data-bin" --references "$WORK/data/text/test.$TGT")
-  # shellcheck disable=SC2206
-  command+=($SERVING_ARGS)
-  mkdir -p "$BENCHMARKS" && {
-    echo "# ${command[*]}" | sed "s#$ROOT_DIR/##; s#$WORK#\${WORK}#g"
-    echo "# $(date -u +%F), $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) cores, nothing else running (the last" \
-      "step of examples/multi30k/run_converged.sh, T=$T); base: 13_base_model.sh (MP 90 %," \
-      "$(sed -n 's/^MAX_UPDATE=//p' "$base/recipe-settings.txt") updates)"
-    "${command[@]}"; } > "$out.part" 2>&1 || { tail -n 3 "$out.part"; return 1; }
-  mv "$out.part" "$out" || return 1
-  [ -z "${COMMIT_REPO:-}" ] || { git -C "$COMMIT_REPO" add -- "$out" &&
-    git -C "$COMMIT_REPO" commit -q -m "docs/benchmarks: serving, trained base-size and demo-size models at 90 %" -- "$out"; }
 }
 
 lanes() {  # NAME A B: A on lane a and B on lane b side by side (only the lanes CHAINS names); fails if either does
@@ -185,4 +164,5 @@ plan_seeds || exit 1
 ( WORK="$SEED2_WORK" STORE="$SEED2_STORE" restore ) || { echo "error: restoring $SEED2_STORE failed"; exit 1; }
 lanes "the second seeds, the re-run and the other cells" rest_a rest_b
 rerun_check
-serving_benchmark
+# last, alone on the machine: the serving benchmark (14_serving_benchmark.sh), committed to docs/benchmarks once
+BASE_WORK="$BASE_WORK" OUT="$BENCHMARKS/serving_trained_base.txt" bash "$R/14_serving_benchmark.sh"
