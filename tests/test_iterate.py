@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 import torch
 
 from conftest import BIN, TINY_MODEL, TRAINING, env, load, run_tool, short_generate, tool_path, wait_until_unlocked

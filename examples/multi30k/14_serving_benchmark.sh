@@ -9,7 +9,7 @@
 RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" && ROOT_DIR="$(cd "$RECIPE/../.." && pwd)"
 : "${WORK:=$ROOT_DIR/runs/multi30k}" && : "${BASE_WORK:=${WORK}_base}"
 : "${OUT:=${COMMIT_REPO:-$ROOT_DIR}/docs/benchmarks/serving_trained_base.txt}"
-: "${SERVING_ARGS:=--sentences 300 --sentences-batch1 40 --repeats 3}"
+: "${SERVING_ARGS:=--sentences 300 --sentences-batch1 40 --repeats 5}"
 base="$BASE_WORK/mp/mp_0.9" demo="$WORK/slt/slt_0.9"
 [ -e "$OUT" ] && { echo "serving benchmark: $OUT exists (delete it to measure again)"; exit 0; }
 for run in "$base" "$demo"; do  # both trained to the end, or nothing is measured or written
