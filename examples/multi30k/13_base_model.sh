@@ -5,10 +5,10 @@
 # In BASE_WORK, beside WORK, on WORK's data (01_prepare.sh first); BASE_T updates, dropout 0.3, pre-norm
 # layers and a peak learning rate of 7e-4 after a warm-up over the first quarter, MP from the warm-up's end
 # to 80 % of BASE_T. (Post-norm layers at 5e-4 with MP from update 0 stayed at the unigram loss, 8.7, for
-# 250 updates of BASE_T=500: measured 2026-12-05, so this model is pre-norm.) 7 s an update alone on the 2-core machine of docs/benchmarks
-# with THREADS=2, 12 s on one thread beside another run (both measured): 1 h and 1.7 h at BASE_T=500, the
-# default, 3.3 epochs: a model trained for speed measurements (every engine's BLEU is compared on it), not for
-# its own BLEU, and short enough for one session, since a lost machine loses a run in flight.
+# 250 updates of BASE_T=500: measured 2026-12-05, so this model is pre-norm.) BASE_T=500, the default, is 3.3
+# epochs, 66 min alone on the 2-core machine of docs/benchmarks with THREADS=2 (measured; about 12 s an update
+# on one thread beside another run): a model for speed measurements, where every engine's BLEU is compared on
+# it (valid loss 6.55 at the end), not for its own BLEU, and short enough for one session.
 #   WORK=runs/multi30k THREADS=2 bash examples/multi30k/13_base_model.sh
 RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${WORK:=$RECIPE/../../runs/multi30k}" "${BASE_T:=500}"
