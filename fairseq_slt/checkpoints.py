@@ -3,6 +3,7 @@
 A fairseq checkpoint is a dict with ``model`` (state_dict), ``cfg``, ``optimizer_history`` and
 ``extra_state``; the task's own state lives in ``extra_state[TASK_KEY]``.
 """
+import hashlib
 import os
 from typing import Dict, Mapping, Optional
 
@@ -139,3 +140,11 @@ def write_model_checkpoint(
         },
     }
     atomic_save(state, path)
+
+
+def dictionary_digest(src_dict, tgt_dict) -> str:
+    """Identifies a source and a target dictionary (entries and order, not only their sizes)."""
+    digest = hashlib.sha256()
+    for dictionary in (src_dict, tgt_dict):
+        digest.update("\n".join(dictionary.symbols).encode() + b"\0")
+    return digest.hexdigest()[:16]

@@ -15,6 +15,7 @@ from .checkpoints import Checkpoint, from_compact
 from .pruning.compact import is_compact
 
 _fairseq_load = None
+TRAINED_WITH = {}  # path -> the dictionaries' digest its run recorded (None: not recorded), from its last load
 
 
 def install() -> None:
@@ -32,11 +33,13 @@ def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
         except UserError:
             state = safe_load(local, "checkpoint")  # files in torch's legacy (non-zip) format cannot be mapped
         if not is_compact(state):
-            Checkpoint(path, "checkpoint", state=state)  # its model is a dict of tensors, its extra_state a dict
+            # its model is a dict of tensors, its extra_state a dict
+            TRAINED_WITH[path] = Checkpoint(path, "checkpoint", state=state).dictionaries
             if not isinstance(state.get("cfg"), dict) and state.get("args") is None:
                 raise UserError(f"checkpoint {path} is not a fairseq checkpoint (it records no configuration)")
             return _fairseq_load(path, arg_overrides, load_on_all_ranks)
         state = from_compact(state, f"compact checkpoint {path}")
+        TRAINED_WITH[path] = Checkpoint(path, "checkpoint", state=state).dictionaries
     except UserError as err:
         raise user_exit(err) from None
     # what fairseq's load_checkpoint_to_cpu does after torch.load

@@ -42,6 +42,7 @@ from fairseq.distributed import utils as distributed_utils
 
 from . import broadcast_fix, clean_exit, compact_loading
 from .pruning.io import atomic_save, atomic_write_stream, usage_exit, user_exit
+from .checkpoints import dictionary_digest
 
 _fairseq_copy = None
 _fairseq_save = None
@@ -91,7 +92,16 @@ def checked_load_ensemble(filenames, *args, **kwargs):
         if not _remote(filename) and not os.path.isfile(filename):
             raise user_exit(f"--path checkpoint {filename} is not a file" if os.path.exists(filename)
                             else f"--path checkpoint not found: {filename}")
-    return _fairseq_load_ensemble(filenames, *args, **kwargs)
+    loaded = _fairseq_load_ensemble(filenames, *args, **kwargs)
+    task = loaded[2]
+    here = dictionary_digest(task.source_dictionary, task.target_dictionary) if hasattr(task, "target_dictionary") \
+        else None
+    for filename in filenames:  # same sizes, other entries: fairseq would translate through the wrong words
+        there = compact_loading.TRAINED_WITH.get(filename)
+        if here and there and there != here:
+            raise user_exit(f"checkpoint {filename} was trained with other dictionaries than this data's (digest "
+                            f"{there} there, {here} here): give the data-bin it was trained on")
+    return loaded
 
 
 def forget_inherited_best() -> None:

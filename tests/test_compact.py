@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -195,3 +196,23 @@ def test_an_edited_index_is_checked_against_the_data_before_anything_is_allocate
         assert not os.path.exists(out), label
         result = run_tool(*generate, crafted, check=False)
         assert result.returncode != 0 and "Traceback" not in result.stderr and fragment in result.stderr, label
+
+
+def test_generate_refuses_a_checkpoint_trained_with_other_dictionaries(data_bin, slt_run, tmp_path):
+    # the same data with two dictionary entries swapped (the same sizes: fairseq alone would translate on, through
+    # the wrong words), as a new machine's prepare with another SentencePiece may build
+    other = tmp_path / "data-bin"
+    shutil.copytree(data_bin, other)
+    for dictionary in other.glob("dict.*.txt"):
+        lines = dictionary.read_text().splitlines(keepends=True)
+        lines[10], lines[11] = lines[11], lines[10]
+        dictionary.write_text("".join(lines))
+    compact = str(tmp_path / "compact.pt")
+    run_tool("fairseq-slt", "compress", slt_run["best"], compact)
+    for path in slt_run["best"], compact:
+        refused = run_tool("fairseq-generate", other, "--user-dir", "fairseq_slt", "--path", path, "--gen-subset",
+                           "test", "--batch-size", 32, "--max-len-b", 5, "--cpu", check=False)
+        one_error_line(refused, f"checkpoint {path} was trained with other dictionaries than this data's",
+                       "give the data-bin it was trained on")
+        assert not any(line.startswith("H-") for line in refused.stdout.splitlines())
+    assert _hypotheses(data_bin, compact)[0]  # on its own data it translates

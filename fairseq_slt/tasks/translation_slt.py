@@ -1,6 +1,5 @@
 """The ``translation_slt`` task: fairseq's translation task plus lottery-ticket pruning options."""
 import atexit
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -17,6 +16,7 @@ from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
 from ..run.options import PruningOptions, validate_options
 from ..run.folder import LAST
+from ..checkpoints import dictionary_digest
 
 logger = logging.getLogger(__name__)
 RESETS = ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_dataloader")
@@ -84,10 +84,7 @@ class TranslationSLTTask(TranslationTask):
 
     def dictionary_digest(self) -> str:
         """Identifies the source and target dictionaries (entries and order, not only their sizes)."""
-        digest = hashlib.sha256()
-        for dictionary in (self.src_dict, self.tgt_dict):
-            digest.update("\n".join(dictionary.symbols).encode() + b"\0")
-        return digest.hexdigest()[:16]
+        return dictionary_digest(self.src_dict, self.tgt_dict)
 
     def _resume_own_checkpoint(self) -> None:
         """A rerun of a command with --restore-file OTHER resumes this run's own checkpoint_last.pt, with its
