@@ -24,6 +24,7 @@ R="$RECIPE_DIR"
 STORE="$PUBLISH/runs" SEED2_WORK="${WORK}_seed2" SEED2_STORE="$PUBLISH/runs_seed2"
 BASE_WORK="${WORK}_base"
 : "${BENCHMARKS:=${COMMIT_REPO:-$ROOT_DIR}/docs/benchmarks}"
+SERVING_OUT="$BENCHMARKS/serving_trained_base.txt"  # 14_serving_benchmark.sh writes it once
 source "$R/store.sh"
 
 publish() {  # the table of every finished cell, written (and committed) one chain at a time, and its runs packed
@@ -128,7 +129,7 @@ rerun_check() {  # once the re-run and the cell's second seed are in: is it with
 rest_a() {  # the seeds of SLT's kin, the base-size model of the serving benchmark, MP-SLT at the remaining levels
   seeds_lane a && touch "$SEED2_WORK/.seeds_a_done" || return 1
   ( rerun_check ) || echo "rerun check failed (lines above); the cells go on, the driver's end tries it again"
-  [ -e "$BENCHMARKS/serving_trained_base.txt" ] || BASE_WORK="$BASE_WORK" bash "$R/13_base_model.sh" || return 1
+  [ -e "$SERVING_OUT" ] || BASE_WORK="$BASE_WORK" bash "$R/13_base_model.sh" || return 1
   for levels in "0.8 0.9 0.95" "0.8 0.9 0.95 0.98"; do
     LEVELS=$levels WHICH=mp-slt bash "$R/08_combined.sh" && publish "MP-SLT ${levels##* }" || return 1
   done
@@ -165,4 +166,4 @@ plan_seeds || exit 1
 lanes "the second seeds, the re-run and the other cells" rest_a rest_b
 rerun_check
 # last, alone on the machine: the serving benchmark (14_serving_benchmark.sh), committed to docs/benchmarks once
-BASE_WORK="$BASE_WORK" OUT="$BENCHMARKS/serving_trained_base.txt" bash "$R/14_serving_benchmark.sh"
+BASE_WORK="$BASE_WORK" OUT="$SERVING_OUT" bash "$R/14_serving_benchmark.sh"
