@@ -148,3 +148,14 @@ def dictionary_digest(src_dict, tgt_dict) -> str:
     for dictionary in (src_dict, tgt_dict):
         digest.update("\n".join(dictionary.symbols).encode() + b"\0")
     return digest.hexdigest()[:16]
+
+
+class _Symbols:  # what dictionary_digest reads of a fairseq Dictionary
+    def __init__(self, path):
+        with open(path, encoding="utf-8") as handle:  # fairseq's four specials first, then one "symbol count" a line
+            self.symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [line.split(" ")[0] for line in handle.read().splitlines()]
+
+
+def dictionary_files_digest(data_bin: str, src: str, tgt: str) -> str:
+    """dictionary_digest of data_bin's dict.SRC.txt and dict.TGT.txt, as fairseq will load them."""
+    return dictionary_digest(*(_Symbols(os.path.join(data_bin, f"dict.{lang}.txt")) for lang in (src, tgt)))

@@ -21,8 +21,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned: fairseq's build must not pull the newest (CUDA) torch
   "$py" -c "import torch" 2>/dev/null || "$py" -m pip install -q "$torch_spec" >&2
   "$py" -m pip install -q numpy cython >&2
-  # fairseq-fixed compiles extensions against the installed torch: no build isolation
-  "$py" -m pip install -q --no-build-isolation "fairseq-fixed==0.12.3.1" sacrebleu sentencepiece pytest pytest-xdist matplotlib tensorboard tensorboardX \
+  # fairseq-fixed compiles extensions against the installed torch: no build isolation; sentencepiece pinned:
+  # another release may pick another vocabulary, and the committed runs' (dictionaries 9435ec3c11fee991) is 0.2.3's
+  "$py" -m pip install -q --no-build-isolation "fairseq-fixed==0.12.3.1" sacrebleu "sentencepiece==0.2.3" pytest pytest-xdist matplotlib tensorboard tensorboardX \
     "ctranslate2>=4.0" >&2  # the optional extra 'ct2' (fairseq-slt export-ct2), tested with the rest
   "$py" -m pip install -q --no-build-isolation --no-deps -e "$root" >&2
   "$venv/bin/fairseq-slt" link-user-dir >&2

@@ -136,6 +136,20 @@ def test_prepare_takes_your_own_corpus_files_and_documents_its_outputs(tmp_path)
     assert "text/" in helptext and "spm/" in helptext and "(default: 8000)" in helptext and "--test TEST" in helptext
 
 
+def test_prepare_builds_one_vocabulary_whatever_its_workers_and_records_its_digest(data_bin, dense_run, tmp_path):
+    """SentencePiece's vocabulary changes with its training threads (on these 2000 lines too): the session's data
+    (--workers 2, the default) and a preparation on one worker must hold the same dictionaries, and prepare.json
+    must record the digest that a run trained on them records."""
+    out = tmp_path / "one_worker"
+    run_tool("fairseq-slt", "prepare", "--raw-dir", MULTI30K, "--out", out, "--train-lines", 2000,
+             "--eval-lines", 100, "--vocab-size", 1000, "--workers", 1)
+    for lang in ("en", "de"):
+        assert (out / "data-bin" / f"dict.{lang}.txt").read_bytes() == open(os.path.join(data_bin, f"dict.{lang}.txt"), "rb").read()
+    trained_with = json.load(open(os.path.join(dense_run["dir"], "run.json")))["identity"]["dictionaries"]
+    for manifest in (out / "prepare.json", os.path.join(os.path.dirname(data_bin), "prepare.json")):
+        assert json.load(open(manifest))["dictionaries"] == trained_with
+
+
 def test_written_files_follow_the_users_umask(tmp_path):
     for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         previous = os.umask(umask)

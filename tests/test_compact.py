@@ -200,7 +200,7 @@ def test_an_edited_index_is_checked_against_the_data_before_anything_is_allocate
 
 def test_generate_refuses_a_checkpoint_trained_with_other_dictionaries(data_bin, slt_run, tmp_path):
     # the same data with two dictionary entries swapped (the same sizes: fairseq alone would translate on, through
-    # the wrong words), as prepare with another --workers (SentencePiece's threads) builds
+    # the wrong words), as data prepared by another SentencePiece release (or, before prepare pinned it, thread count) has
     other = tmp_path / "data-bin"
     shutil.copytree(data_bin, other)
     for dictionary in other.glob("dict.*.txt"):

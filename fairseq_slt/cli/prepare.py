@@ -4,7 +4,8 @@ By default it prepares Multi30k task 1 (``<split>.<lang>.gz`` in --raw-dir, fetc
 missing). With --train/--valid/--test it takes any corpus: file prefixes whose files are PREFIX.LANG or
 PREFIX.LANG.gz. Writes OUT/text/ (the plain text of each split), OUT/spm.model and OUT/spm.vocab,
 OUT/spm/ (the encoded text), OUT/data-bin/ (fairseq binaries, joined dictionary) and, when it fetches,
-OUT/download/, and OUT/prepare.json (the options and the text's digests). Everything is read and checked
+OUT/download/, and OUT/prepare.json (the options, the text's digests and, once written, the dictionaries'
+digest that every run trained on them records). Everything is read and checked
 before the first write; an --out that holds another preparation (other text or options) or anything else
 is refused. Every stage skips itself when its output exists, so an interrupted preparation resumes.
 """
@@ -24,6 +25,10 @@ from ..pruning.io import atomic_write_lines
 UPSTREAM = "https://github.com/multi30k/dataset/raw/master/data/task1/raw"
 MULTI30K = {"train": "train", "valid": "val", "test": "test_2016_flickr", "test1": "test_2017_flickr"}
 MANIFEST = "prepare.json"  # what OUT holds: the options and a digest of each text file
+# SentencePiece's unigram trainer splits its EM over its threads, and the pieces it keeps depend on how many
+# (Multi30k at 4000 pieces: dictionaries 9435ec3c11fee991 on one thread, 6b9265b80baa7a59 on two): one thread
+# always, so the same text and options give the same vocabulary on any machine and any --workers.
+SPM_TRAINING_THREADS = 1
 
 
 def add_arguments(parser):
@@ -43,7 +48,9 @@ def add_arguments(parser):
                         help="train SentencePiece on at most this many sentences (0: all), for large corpora")
     parser.add_argument("--train-lines", type=int, default=0, help="use only the first N training pairs (0: all)")
     parser.add_argument("--eval-lines", type=int, default=0, help="use only the first N valid/test pairs (0: all)")
-    parser.add_argument("--workers", type=int, default=2, help="threads for SentencePiece and fairseq-preprocess")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="threads for fairseq-preprocess and SentencePiece's encoding (its training always runs "
+                             "on one thread: the vocabulary it picks depends on the thread count)")
 
 
 def _lines(path):
@@ -237,7 +244,7 @@ def prepare(args):
             spm.SentencePieceTrainer.train(
                 input=",".join(os.path.join(text_dir, f"train.{lang}") for lang in (args.src, args.tgt)),
                 model_prefix=partial, vocab_size=args.vocab_size, character_coverage=1.0,
-                model_type="unigram", num_threads=args.workers, minloglevel=2,
+                model_type="unigram", num_threads=SPM_TRAINING_THREADS, minloglevel=2,
                 bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, hard_vocab_limit=False, **options)
         except RuntimeError as err:
             raise Failure(f"SentencePiece could not train a model: {str(err).strip().splitlines()[-1]}") from None
@@ -266,8 +273,22 @@ def prepare(args):
         if result.returncode != 0:
             raise Failure(f"fairseq-preprocess failed: {(result.stderr.strip().splitlines() or ['no message'])[-1]}")
         os.replace(dest + ".part", dest)
+    record_dictionaries(args, dest)
     print(dest)
     return dest
+
+
+def record_dictionaries(args, dest):
+    """Adds the dictionaries' digest (and the SentencePiece release that made them) to OUT/prepare.json, once."""
+    import sentencepiece as spm
+    from ..checkpoints import dictionary_files_digest
+
+    manifest = os.path.join(args.out, MANIFEST)
+    with open(manifest) as handle:  # written before the first stage, and checked by check_out
+        recorded = json.load(handle)
+    if "dictionaries" not in recorded:
+        recorded.update(dictionaries=dictionary_files_digest(dest, args.src, args.tgt), sentencepiece=spm.__version__)
+        atomic_write_json(recorded, manifest)
 
 
 def main(args):
