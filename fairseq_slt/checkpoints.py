@@ -60,7 +60,7 @@ class Checkpoint:
 
     def check_matches(self, model_state: Mapping[str, torch.Tensor], dictionaries: Optional[str] = None) -> None:
         """One clear error when the checkpoint's weights do not fit the model being trained, or it was
-        trained with other dictionaries (when both digests are known: equal sizes do not suffice)."""
+        trained with other dictionaries (check_dictionaries)."""
         for name, tensor in model_state.items():
             if name not in self.model:
                 raise UserError(
@@ -74,9 +74,7 @@ class Checkpoint:
         if extra:
             raise UserError(
                 f"{self.what} {self.path} does not match the model: unexpected {extra[0]} (different architecture?)")
-        if dictionaries and self.dictionaries and self.dictionaries != dictionaries:
-            raise UserError(f"{self.what} {self.path} was trained with other dictionaries than this run's data "
-                               "(same sizes, other entries): another vocabulary")
+        check_dictionaries(f"{self.what} {self.path}", self.dictionaries, dictionaries)
 
 
 def from_compact(state: dict, source: str = "compact checkpoint") -> dict:
@@ -140,6 +138,15 @@ def write_model_checkpoint(
         },
     }
     atomic_save(state, path)
+
+
+def check_dictionaries(what: str, recorded: Optional[str], here: Optional[str]) -> None:
+    """One error when a checkpoint (``what``: its option or role and path) recorded another dictionaries' digest
+    than the data's (both known): the same sizes with other entries, which fairseq would load and translate or
+    train on through the wrong words. For training (a mask or rewind source) and for generation alike."""
+    if recorded and here and recorded != here:
+        raise UserError(f"{what} was trained with other dictionaries than this data's (digest {recorded} there, "
+                        f"{here} here; same sizes, other entries): give the data-bin it was trained on")
 
 
 def dictionary_digest(src_dict, tgt_dict) -> str:

@@ -41,8 +41,9 @@ from fairseq import checkpoint_utils, file_io
 from fairseq.distributed import utils as distributed_utils
 
 from . import broadcast_fix, clean_exit, compact_loading
+from .pruning import UserError
 from .pruning.io import atomic_save, atomic_write_stream, usage_exit, user_exit
-from .checkpoints import dictionary_digest
+from .checkpoints import check_dictionaries, dictionary_digest
 
 _fairseq_copy = None
 _fairseq_save = None
@@ -93,15 +94,20 @@ def checked_load_ensemble(filenames, *args, **kwargs):
             raise user_exit(f"--path checkpoint {filename} is not a file" if os.path.exists(filename)
                             else f"--path checkpoint not found: {filename}")
     loaded = _fairseq_load_ensemble(filenames, *args, **kwargs)
-    task = loaded[2]
-    here = dictionary_digest(task.source_dictionary, task.target_dictionary) if hasattr(task, "target_dictionary") \
-        else None
-    for filename in filenames:  # same sizes, other entries: fairseq would translate through the wrong words
-        there = compact_loading.TRAINED_WITH.get(filename)
-        if here and there and there != here:
-            raise user_exit(f"checkpoint {filename} was trained with other dictionaries than this data's (digest "
-                            f"{there} there, {here} here): give the data-bin it was trained on")
+    here = _data_digest(loaded[2])
+    for filename in filenames:  # the digest each file's run recorded, kept by compact_loading as it was read
+        try:
+            check_dictionaries(f"checkpoint {filename}", compact_loading.TRAINED_WITH.get(filename), here)
+        except UserError as err:
+            raise user_exit(str(err)) from None
     return loaded
+
+
+def _data_digest(task):
+    """The task's dictionaries' digest; None for a task without a source and a target dictionary (fairseq's
+    base task has None for both, a language-model task None for the source)."""
+    dictionaries = getattr(task, "source_dictionary", None), getattr(task, "target_dictionary", None)
+    return dictionary_digest(*dictionaries) if all(d is not None for d in dictionaries) else None  # no "in": __eq__
 
 
 def forget_inherited_best() -> None:

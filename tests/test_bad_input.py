@@ -88,7 +88,8 @@ def cases(dense, bad):
         "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "
                                                       r"\(1008, 32\) \(different architecture or vocabulary\?\)"),
         "same size, other vocabulary": (slt(mask=bad["other_vocab"]), "--prune-mask-from checkpoint .* was trained "
-                                        r"with other dictionaries than this run's data \(same sizes, other entries\)"),
+                                        r"with other dictionaries than this data's \(digest [0-9a-f]{16} there, "
+                                        r"[0-9a-f]{16} here; same sizes, other entries\)"),
         "mp end beyond the run": (["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-end", "20"],
                                   "--prune-end 20 is beyond the run's --max-update 12: the run would stop before"),
         "unknown scope": (["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-end", "10", "--prune-scope",

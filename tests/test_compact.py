@@ -198,6 +198,23 @@ def test_an_edited_index_is_checked_against_the_data_before_anything_is_allocate
         assert result.returncode != 0 and "Traceback" not in result.stderr and fragment in result.stderr, label
 
 
+def test_the_generate_check_passes_over_tasks_without_two_dictionaries(data_bin):
+    # fairseq's base task has None for both dictionaries, a language-model task None for the source: no digest,
+    # no check (a digest of None ended fairseq-generate in a traceback)
+    from types import SimpleNamespace
+
+    from fairseq.data import Dictionary
+    from fairseq.tasks import FairseqTask
+    from fairseq_slt.checkpoints import dictionary_files_digest
+    from fairseq_slt.fairseq_patches import _data_digest
+
+    assert _data_digest(object.__new__(FairseqTask)) is None
+    dictionaries = [Dictionary.load(os.path.join(data_bin, f"dict.{lang}.txt")) for lang in ("en", "de")]
+    assert _data_digest(SimpleNamespace(source_dictionary=None, target_dictionary=dictionaries[1])) is None
+    task = SimpleNamespace(source_dictionary=dictionaries[0], target_dictionary=dictionaries[1])
+    assert _data_digest(task) == dictionary_files_digest(data_bin, "en", "de")
+
+
 def test_generate_refuses_a_checkpoint_trained_with_other_dictionaries(data_bin, slt_run, tmp_path):
     # the same data with two dictionary entries swapped (the same sizes: fairseq alone would translate on, through
     # the wrong words), as data prepared by another SentencePiece release (or, before prepare pinned it, thread count) has
