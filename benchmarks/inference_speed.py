@@ -40,14 +40,16 @@ def build(data, arch, checkpoint):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    state = safe_load(checkpoint)["model"] if checkpoint else {}
+    pre_norm = ["--encoder-normalize-before", "--decoder-normalize-before"] if "encoder.layer_norm.weight" in state else []
     argv = [data, "--user-dir", os.path.join(ROOT, "fairseq_slt"), "--task", "translation_slt", "--arch", "transformer",
-            "--share-all-embeddings", "--cpu", "--seed", "1", *ARCH[arch].split()]
+            "--share-all-embeddings", "--cpu", "--seed", "1", *ARCH[arch].split(), *pre_norm]
     cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
     task = fairseq.tasks.setup_task(cfg.task)
     torch.manual_seed(1)
     model = task.build_model(cfg.model, from_checkpoint=True)  # from_checkpoint: no pruning run is set up
     if checkpoint:
-        model.load_state_dict(safe_load(checkpoint)["model"])
+        model.load_state_dict(state)  # 13_base_model.sh's is pre-norm
     task.load_dataset("test")
     return task, cfg, model.eval()
 
