@@ -121,6 +121,11 @@ def worker(args) -> None:
         sparse_inference.sparsify(sparse, plan, trial=trial)
         engines["fairseq dense"] = lambda chosen, fixed: fairseq_translate(task, model, chosen, batch_size, fixed)
         engines["fairseq sparse"] = lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
+        if args.also_blocks:  # the plan restricted to one CSR blocking (what it was before it timed two)
+            blocked, blocked_plan = copy.deepcopy(model), sparse_inference.Plan(chunks=(args.also_blocks,))
+            sparse_inference.sparsify(blocked, blocked_plan, trial=sparse_inference.StepTrial(blocked_plan))
+            engines[f"sparse {args.also_blocks} rows"] = \
+                lambda chosen, fixed: fairseq_translate(task, blocked, chosen, batch_size, fixed)
         # the same dense weights again: how far two identical engines in one process measure apart (noise floor)
         engines["dense again"] = lambda chosen, fixed: fairseq_translate(task, copy_of_dense, chosen, batch_size, fixed)
     else:
@@ -171,6 +176,8 @@ def main():
     parser.add_argument("--labels", nargs="+", help="a name per checkpoint in the table (default: its run folder's)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved timed rounds per setting (median kept, spread printed)")
+    parser.add_argument("--also-blocks", type=int,
+                        help="also run --sparse-inference with its CSR products in blocks of this many rows only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,7 +225,8 @@ def main():
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
                                    "--worker", worker_name, "--batch-sizes", str(batch_size), "--threads", str(threads),
                                    "--sentences", str(args.sentences), "--sentences-batch1", str(args.sentences_batch1),
-                                   "--fixed-length", str(args.fixed_length), "--repeats", str(args.repeats)]
+                                   "--fixed-length", str(args.fixed_length), "--repeats", str(args.repeats),
+                                   *(["--also-blocks", str(args.also_blocks)] if args.also_blocks else [])]
                         if worker_name.startswith("ct2"):
                             command += ["--ct2-model", translators[worker_name.split()[1]]]
                         done = subprocess.run(command, capture_output=True, text=True,

@@ -5,7 +5,8 @@ that keeps the same weight and bias parameters (state_dict keys and code reading
 unchanged) plus a CSR copy of the weight.  Whether the CSR matmul pays depends on the layer's shape and
 density, the number of input rows and the thread count, so a ``Plan`` measures it: the first time a
 (shape, density, rows bucket, threads) combination is met it times dense and sparse on an input of
-that size and remembers the faster.  Rows are bucketed by powers of two.
+that size (sparse in blocks of 64 and of 256 rows) and remembers the fastest.  Rows are bucketed by powers
+of two.
 
 A layer timed alone does not see what a whole step costs (caches, the thread pools of two kernels, the
 copies around them), so the layers' choices are then checked by whole steps: ``StepTrial`` runs a
@@ -24,40 +25,50 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros, about even at 70 %; below: not tried
-CHUNK = 256  # rows per CSR product: at 12800 rows (512x512, 90 % zeros) 28 ms in blocks of 256, 74 ms at once; dense 60
+# rows per CSR product, the faster timed per layer size: on thousands of rows at once CSR fell below dense speed
+# (12800 rows, 512x512 at 90 %: 74 ms, 28 ms in blocks of 256, dense 60); on a 2-core Xeon with AVX-512 and AMX,
+# blocks of 64 were 5-70 % faster than 256 at 320 and 1000 rows for 512x512 to 4008x512 (benchmarks/csr_layout.py)
+CHUNKS = (64, 256)
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
 TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
 STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
 
 
 class Plan:
-    """Dense-or-sparse decisions per (out, in, density %, rows bucket, threads), measured on first use."""
+    """Dense-or-sparse decisions per (out, in, density %, rows bucket, threads), measured on first use: dense, or
+    CSR in blocks of how many rows (CHUNKS, capped at the bucket)."""
 
-    def __init__(self, min_seconds: float = 0.002, repeats: int = 3, always: Optional[bool] = None):
-        """``always``: True/False forces sparse/dense everywhere (for comparisons), None times it."""
-        self.min_seconds, self.repeats, self.always = min_seconds, repeats, always
-        self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[bool, float, float]] = {}
+    def __init__(self, min_seconds: float = 0.002, repeats: int = 3, always: Optional[bool] = None,
+                 chunks: Tuple[int, ...] = CHUNKS):
+        """``always``: True/False forces sparse (in blocks of chunks[0] rows)/dense everywhere (for comparisons),
+        None times it; ``chunks``: the blockings timed (another set: for comparisons)."""
+        self.min_seconds, self.repeats, self.always, self.chunks = min_seconds, repeats, always, chunks
+        # key -> (rows per CSR product, None: dense; dense seconds; the fastest sparse seconds)
+        self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[Optional[int], float, float]] = {}
         self.calibration_seconds = 0.0
         self.calls = {"sparse": 0, "dense": 0}
         self.all_dense = False  # set by StepTrial around a step that runs dense
 
-    def sparse_pays(self, layer: "SparseLinear", rows: int) -> bool:
-        if self.all_dense:
-            chosen = False
+    def chunk_for(self, layer: "SparseLinear", rows: int) -> Optional[int]:
+        """Rows per CSR product for this call; None: dense."""
+        if self.all_dense or self.always is False:
+            chosen = None
         else:
-            chosen = self._decide(layer, rows) if self.always is None else self.always
-        self.calls["sparse" if chosen else "dense"] += 1
+            chosen = self._decide(layer, rows) if self.always is None else self.chunks[0]
+        self.calls["dense" if chosen is None else "sparse"] += 1
         return chosen
 
-    def _decide(self, layer: "SparseLinear", rows: int) -> bool:
+    def _decide(self, layer: "SparseLinear", rows: int) -> Optional[int]:
         bucket = 1 << max(rows - 1, 0).bit_length()
         key = (layer.out_features, layer.in_features, round(100 * layer.density), bucket, torch.get_num_threads())
         if key not in self.decisions:
             started = time.perf_counter()
             sample = torch.randn(bucket, layer.in_features, dtype=layer.weight.dtype)
             dense = self._time(lambda: layer.dense(sample))
-            sparse = self._time(lambda: layer.sparse(sample))
-            self.decisions[key] = (sparse < MARGIN * dense, dense, sparse)
+            sparse = {chunk: self._time(lambda: layer.sparse(sample, chunk))
+                      for chunk in sorted({min(chunk, bucket) for chunk in self.chunks})}
+            chunk = min(sparse, key=sparse.get)
+            self.decisions[key] = (chunk if sparse[chunk] < MARGIN * dense else None, dense, sparse[chunk])
             self.calibration_seconds += time.perf_counter() - started
         return self.decisions[key][0]
 
@@ -77,9 +88,10 @@ class Plan:
         total = sum(self.calls.values())
         lines = [f"{self.calls['sparse']} of {total} linear-layer calls ran sparse; timing took "
                  f"{self.calibration_seconds:.2f} s"] if total else []
-        for (out, inp, density, bucket, threads), (sparse, dense_s, sparse_s) in sorted(self.decisions.items()):
+        for (out, inp, density, bucket, threads), (chunk, dense_s, sparse_s) in sorted(self.decisions.items()):
             lines.append(f"{out}x{inp} at {100 - density} % zeros, {threads} thread(s), rows <= {bucket}: "
-                         f"{'sparse' if sparse else 'dense'} (CSR at {dense_s / sparse_s:.2f}x dense speed)")
+                         f"{'dense' if chunk is None else f'sparse in blocks of {chunk} rows'} "
+                         f"(CSR at {dense_s / sparse_s:.2f}x dense speed)")
         return lines
 
 
@@ -162,24 +174,23 @@ class SparseLinear(nn.Module):
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def sparse(self, x: torch.Tensor) -> torch.Tensor:
+    def sparse(self, x: torch.Tensor, chunk: int = CHUNKS[0]) -> torch.Tensor:
+        """The CSR product, ``chunk`` rows at a time (torch's takes x^T and returns (out x rows): two copies)."""
         flat = x.reshape(-1, self.in_features)
         out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype)
-        # blocks of CHUNK rows: on thousands of rows at once CSR fell below dense speed, in blocks it stays ahead
-        for start in range(0, flat.shape[0], CHUNK):
-            block = flat[start:start + CHUNK].t()
+        for start in range(0, flat.shape[0], chunk):
+            block = flat[start:start + chunk].t()
             if self.bias is None:
                 result = torch.mm(self.csr, block)
             else:
                 result = torch.addmm(self.bias.unsqueeze(1), self.csr, block)
-            out[start:start + CHUNK] = result.t()
+            out[start:start + chunk] = result.t()
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows and not torch.is_grad_enabled() and self.plan.sparse_pays(self, rows):
-            return self.sparse(x)
-        return self.dense(x)
+        chunk = self.plan.chunk_for(self, rows) if rows and not torch.is_grad_enabled() else None
+        return self.dense(x) if chunk is None else self.sparse(x, chunk)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"

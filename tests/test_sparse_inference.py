@@ -47,7 +47,7 @@ def test_csr_layers_always_sparse_translate_like_the_dense_model(loaded):
     assert len(dense) >= 90 and sparse == dense
 
 
-def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once():
+def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once(monkeypatch):
     torch.manual_seed(0)
     linear = nn.Linear(256, 512)
     with torch.no_grad():
@@ -57,13 +57,27 @@ def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once():
     assert sparse_inference.sparsify(model, plan) == ["0"] and type(model[2]) is nn.Linear
     layer = model[0]
     assert layer.weight is linear.weight and list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    x = torch.randn(3, 7, 256)
+    x = torch.randn(3, 50, 256)
     with torch.no_grad():
-        torch.testing.assert_close(layer.sparse(x), layer.dense(x), rtol=1e-5, atol=1e-5)
+        for chunk in (64, 256):  # 150 rows in blocks of 64 (the last one partial) and in one product
+            torch.testing.assert_close(layer.sparse(x, chunk), layer.dense(x), rtol=1e-5, atol=1e-5)
         for rows in (5, 7, 8, 100):
             model(torch.randn(rows, 256))
     buckets = sorted(key[3] for key in plan.decisions)
     assert buckets == [8, 128]  # 5, 7 and 8 rows share one timing
+    for (*_, bucket, _threads), (chunk, _, _) in plan.decisions.items():  # dense, or the fastest blocking timed
+        assert chunk in {None} | {min(c, bucket) for c in sparse_inference.CHUNKS}
+    used = []
+    sparse = sparse_inference.SparseLinear.sparse
+    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, chunk: used.append(chunk) or sparse(self, x, chunk))
+    key = next(k for k in plan.decisions if k[3] == 128)
+    hundred = x.reshape(-1, 256)[:100]
+    for decision, runs in ((64, [64]), (None, [])):  # a call runs as its bucket's decision says
+        plan.decisions[key] = (decision, 1.0, 0.5)
+        used.clear()
+        with torch.no_grad():
+            torch.testing.assert_close(model(hundred), model[2](torch.relu(linear(hundred))), rtol=1e-5, atol=1e-5)
+        assert used == runs
     with torch.enable_grad():  # training (gradients) always runs dense
         layer(torch.randn(2, 256, requires_grad=True)).sum().backward()
     assert linear.weight.grad is not None
@@ -92,7 +106,7 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     trial = sparse_inference.StepTrial(plan, pairs=4)
     assert sorted(sparse_inference.sparsify(model, plan, trial=trial)) == ["decoder.0", "decoder.1", "encoder"]
     kernel = getattr(sparse_inference.SparseLinear, slower)
-    monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x: (time.sleep(0.003), kernel(self, x))[1])
+    monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x, *chunk: (time.sleep(0.003), kernel(self, x, *chunk))[1])
     x = torch.randn(4, 256)
     with torch.no_grad():
         expected = torch.nn.functional.linear(torch.nn.functional.linear(torch.nn.functional.linear(
