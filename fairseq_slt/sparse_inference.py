@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros, about even at 70 %; below: not tried
 # rows per CSR product, the faster timed per layer size: on thousands of rows at once CSR fell below dense speed
 # (12800 rows, 512x512 at 90 %: 74 ms, 28 ms in blocks of 256, dense 60); on a 2-core Xeon with AVX-512 and AMX,
-# blocks of 64 were 5-70 % faster than 256 at 320 and 1000 rows for 512x512 to 4008x512 (benchmarks/csr_layout.py)
+# blocks of 64 were up to 24 % faster than 256 at 320 and 1000 rows for 512x512 to 4008x512 (benchmarks/csr_layout.py)
 CHUNKS = (64, 256)
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
 TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
