@@ -9,9 +9,11 @@ of a checkpoint (its zeros as they are) this times, against dense F.linear:
   colmajor   MKL on column-major operands (no copies: x's memory is x^T column-major), out= a transposed view
   dense@csr  torch.mm(x, CSR of W^T): the product in fairseq's layout, torch's own kernel
   in Ns      SparseLinear.sparse in blocks of N rows (--blocks; the plan times sparse_inference.CHUNKS)
+  rows Ns    the row-major kernel of fairseq_slt/csr_kernel.cpp (fairseq's layout, no copies) in blocks of N
+             rows on all threads (--kernel-blocks; the plan times csr_kernel.BLOCKS, on one thread and on all)
 Ratios are dense time over each way's time (best of 15 calls). Usage:
   python benchmarks/csr_layout.py CHECKPOINT [--weights NAME ...] [--rows 5 64 320 1000] [--threads 1 2]
-      [--blocks 64 256]
+      [--blocks 64 256] [--kernel-blocks 8 16 32 64]
 """
 import argparse
 import os
@@ -23,7 +25,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fairseq_slt import sparse_inference  # noqa: E402
+from fairseq_slt import csr_kernel, sparse_inference  # noqa: E402
+from fairseq_slt.sparse_inference import Way  # noqa: E402
 from fairseq_slt.pruning import safe_load  # noqa: E402
 
 DEFAULT = ["decoder.layers.2.self_attn.q_proj.weight", "decoder.layers.2.fc1.weight", "decoder.layers.2.fc2.weight",
@@ -53,12 +56,14 @@ def main():
     parser.add_argument("--weights", nargs="+", default=DEFAULT)
     parser.add_argument("--rows", type=int, nargs="+", default=[5, 64, 320, 1000])
     parser.add_argument("--blocks", type=int, nargs="+", default=list(sparse_inference.CHUNKS))
+    parser.add_argument("--kernel-blocks", type=int, nargs="+", default=list(csr_kernel.BLOCKS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     state = safe_load(args.checkpoint)["model"]
     print(f"torch {torch.__version__}; ratios: dense time / each way's time (best of 15 calls)")
     print(f"{'weight':<44} {'shape':>9} {'zeros':>5} {'thr':>3} {'rows':>4} {'dense us':>8} {'kernel':>7} "
-          f"{'as used':>7} {'colmajor':>8} {'dense@csr':>9}" + "".join(f"{f'in {b}s':>8}" for b in args.blocks))
+          f"{'as used':>7} {'colmajor':>8} {'dense@csr':>9}" + "".join(f"{f'in {b}s':>8}" for b in args.blocks)
+          + "".join(f"{f'rows {b}s':>9}" for b in args.kernel_blocks))
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name in args.weights:
@@ -75,20 +80,23 @@ def main():
                 x_t = x.t().contiguous()
                 dense = best_of(lambda: layer.dense(x))
                 kernel = best_of(lambda: torch.mm(by_rows, x_t))
-                used = best_of(lambda: layer.sparse(x, rows))  # one block
+                used = best_of(lambda: layer.sparse(x, Way("torch", rows)))  # one block
 
                 def colmajor():
                     y = torch.empty(rows, out_features)
                     torch.mm(by_rows, x.t(), out=y.t())
                     return y
-                for way in colmajor, lambda: layer.sparse(x, rows):
+                kernels = [lambda b=b: layer.sparse(x, Way("rows", b, threads)) for b in args.kernel_blocks]
+                for way in [colmajor, lambda: layer.sparse(x, Way("torch", rows))] + kernels:
                     assert torch.allclose(way(), layer.dense(x), atol=1e-4)
                 column = best_of(colmajor)
                 other = best_of(lambda: torch.mm(x, by_columns))
-                blocked = [dense / best_of(lambda: layer.sparse(x, b)) for b in args.blocks]
+                blocked = [dense / best_of(lambda: layer.sparse(x, Way("torch", b))) for b in args.blocks]
+                rowmajor = [dense / best_of(way) for way in kernels]
                 print(f"{name:<44} {'x'.join(map(str, weight.shape)):>9} {100 * zeros:>4.0f}% {threads:>3} {rows:>4} "
                       f"{dense * 1e6:>8.0f} {dense / kernel:>6.2f}x {dense / used:>6.2f}x {dense / column:>7.2f}x "
-                      f"{dense / other:>8.2f}x" + "".join(f"{r:>7.2f}x" for r in blocked), flush=True)
+                      f"{dense / other:>8.2f}x" + "".join(f"{r:>7.2f}x" for r in blocked)
+                      + "".join(f"{r:>8.2f}x" for r in rowmajor), flush=True)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,13 @@ def export(checkpoint: str, data: str, quantization: str, folder: str) -> str:
     return out
 
 
+def sparse_engine(task, model, plan, batch_size):
+    """A copy of the model under --sparse-inference with this plan (layer plan, then the whole-step trial)."""
+    sparse = copy.deepcopy(model)
+    sparse_inference.sparsify(sparse, plan, trial=sparse_inference.StepTrial(plan))
+    return lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
+
+
 def worker(args) -> None:
     """CTranslate2 (one precision), or fairseq dense and --sparse-inference (alternating passes: D S D S ..., so
     that a drift of the machine's speed reaches both alike) at one batch size and thread count, in a process of
@@ -121,11 +128,13 @@ def worker(args) -> None:
         sparse_inference.sparsify(sparse, plan, trial=trial)
         engines["fairseq dense"] = lambda chosen, fixed: fairseq_translate(task, model, chosen, batch_size, fixed)
         engines["fairseq sparse"] = lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
-        if args.also_blocks:  # the plan restricted to one CSR blocking (what it was before it timed two)
-            blocked, blocked_plan = copy.deepcopy(model), sparse_inference.Plan(chunks=(args.also_blocks,))
-            sparse_inference.sparsify(blocked, blocked_plan, trial=sparse_inference.StepTrial(blocked_plan))
-            engines[f"sparse {args.also_blocks} rows"] = \
-                lambda chosen, fixed: fairseq_translate(task, blocked, chosen, batch_size, fixed)
+        earlier = {}  # earlier plans: torch's CSR product only (before the row-major kernel), in one blocking
+        if args.also_torch_csr:
+            earlier["sparse torch csr"] = sparse_inference.Plan(blocks=())
+        if args.also_blocks:
+            earlier[f"sparse {args.also_blocks} rows"] = sparse_inference.Plan(chunks=(args.also_blocks,), blocks=())
+        for name, earlier_plan in earlier.items():
+            engines[name] = sparse_engine(task, model, earlier_plan, batch_size)
         # the same dense weights again: how far two identical engines in one process measure apart (noise floor)
         engines["dense again"] = lambda chosen, fixed: fairseq_translate(task, copy_of_dense, chosen, batch_size, fixed)
     else:
@@ -156,7 +165,7 @@ def worker(args) -> None:
                 report[name][key + "_paired"] = statistics.median(
                     a / b for a, b in zip(speeds[name], speeds[names[0]]))
     if trial is not None:
-        report["fairseq sparse"]["trial"] = trial.summary()
+        report["fairseq sparse"]["trial"] = plan.summary() + trial.summary()
     print("RESULT " + json.dumps(report), flush=True)
 
 
@@ -177,7 +186,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved timed rounds per setting (median kept, spread printed)")
     parser.add_argument("--also-blocks", type=int,
-                        help="also run --sparse-inference with its CSR products in blocks of this many rows only")
+                        help="also run --sparse-inference with torch's CSR products in blocks of this many rows only")
+    parser.add_argument("--also-torch-csr", action="store_true",
+                        help="also run --sparse-inference with torch's CSR products only (no row-major kernel)")
+    parser.add_argument("--no-ct2", action="store_true", help="fairseq engines only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,25 +220,27 @@ def main():
         checkpoints = ([(pruned_copy(c, s, work), f"{name} {100 * s:g}%") for c, name in zip(args.checkpoints, labels)
                         for s in args.prune] or list(zip(args.checkpoints, labels)))
         for checkpoint, label in checkpoints:
-            translators = {q: export(checkpoint, args.data, q, work) for q in ("float32", "int8")}
+            translators = {} if args.no_ct2 else {q: export(checkpoint, args.data, q, work) for q in ("float32", "int8")}
             sizes = {q: _folder_bytes(path) for q, path in translators.items()}
             model = safe_load(checkpoint)["model"]
             matrices = [w for w in model.values() if w.dim() >= 2 and w.is_floating_point()]
             zeros = sum(int((w == 0).sum()) for w in matrices) / sum(w.numel() for w in matrices)
             print(f"# {label}: {100 * zeros:.1f} % zeros in weight matrices; checkpoint "
-                  f"{os.path.getsize(checkpoint) / 1e6:.2f} MB, ct2 float32 {sizes['float32'] / 1e6:.2f} MB, "
-                  f"int8 {sizes['int8'] / 1e6:.2f} MB", flush=True)
+                  f"{os.path.getsize(checkpoint) / 1e6:.2f} MB" + "".join(
+                      f", ct2 {q} {size / 1e6:.2f} MB" for q, size in sizes.items()), flush=True)
             trials = []
             for batch_size in args.batch_sizes:
                 for threads in args.threads:
                     base = None
                     ct2 = ("ct2 float32", "ct2 int8") + (("ct2 int8 intra",) if threads > 1 else ())
+                    ct2 = () if args.no_ct2 else ct2
                     for worker_name in ("fairseq",) + ct2:
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
                                    "--worker", worker_name, "--batch-sizes", str(batch_size), "--threads", str(threads),
                                    "--sentences", str(args.sentences), "--sentences-batch1", str(args.sentences_batch1),
                                    "--fixed-length", str(args.fixed_length), "--repeats", str(args.repeats),
-                                   *(["--also-blocks", str(args.also_blocks)] if args.also_blocks else [])]
+                                   *(["--also-blocks", str(args.also_blocks)] if args.also_blocks else []),
+                                   *(["--also-torch-csr"] if args.also_torch_csr else [])]
                         if worker_name.startswith("ct2"):
                             command += ["--ct2-model", translators[worker_name.split()[1]]]
                         done = subprocess.run(command, capture_output=True, text=True,

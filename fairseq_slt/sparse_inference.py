@@ -2,11 +2,12 @@
 
 ``sparsify(model)`` replaces every ``nn.Linear`` whose weight is mostly zeros by a ``SparseLinear``
 that keeps the same weight and bias parameters (state_dict keys and code reading ``.weight`` are
-unchanged) plus a CSR copy of the weight.  Whether the CSR matmul pays depends on the layer's shape and
-density, the number of input rows and the thread count, so a ``Plan`` measures it: the first time a
-(shape, density, rows bucket, threads) combination is met it times dense and sparse on an input of
-that size (sparse in blocks of 64 and of 256 rows) and remembers the fastest.  Rows are bucketed by powers
-of two.
+unchanged) plus a CSR copy of the weight.  A sparse product runs one of two ways (a ``Way``): the row-major
+kernel of ``csr_kernel`` (in blocks of 8 to 64 rows, on one thread or all of torch's) or torch's CSR product
+(in blocks of 64 or 256 rows, with the transposing copies it needs). Which is faster, and whether either beats
+dense, depends on the layer's shape and density, the number of input rows and the thread count, so a ``Plan``
+measures it: the first time a (shape, density, rows bucket, threads) combination is met it times dense and
+every way on an input of that size and remembers the fastest.  Rows are bucketed by powers of two.
 
 A layer timed alone does not see what a whole step costs (caches, the thread pools of two kernels, the
 copies around them), so the layers' choices are then checked by whole steps: ``StepTrial`` runs a
@@ -17,58 +18,89 @@ module runs dense. Torch only, no fairseq.
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import csr_kernel
+
 logger = logging.getLogger(__name__)
 MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros, about even at 70 %; below: not tried
-# rows per CSR product, the faster timed per layer size: on thousands of rows at once CSR fell below dense speed
-# (12800 rows, 512x512 at 90 %: 74 ms, 28 ms in blocks of 256, dense 60); on a 2-core Xeon with AVX-512 and AMX,
-# blocks of 64 were up to 24 % faster than 256 at 320 and 1000 rows for 512x512 to 4008x512 (benchmarks/csr_layout.py)
+# rows per torch CSR product, the faster timed per layer size: on thousands of rows at once CSR fell below dense
+# speed (12800 rows, 512x512 at 90 %: 74 ms, 28 ms in blocks of 256, dense 60); on a 2-core Xeon with AVX-512 and
+# AMX, blocks of 64 were up to 24 % faster than 256 at 320 and 1000 rows for 512x512 to 4008x512 (csr_layout.py)
 CHUNKS = (64, 256)
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
 TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
 STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
+# larger rows buckets are timed on this many rows: every way works in blocks of at most 256 rows, so its time per
+# row no longer depends on the count there (and timing the encoder's thousands of rows took seconds)
+SAMPLE_ROWS = 512
+
+
+@dataclass(frozen=True)
+class Way:
+    """One way to run a sparse product: ``kernel`` "rows" (csr_kernel, blocks of ``rows`` rows on ``threads``
+    threads) or "torch" (torch's CSR product, ``rows`` rows at a time, on torch's threads)."""
+    kernel: str
+    rows: int
+    threads: int = 0
+
+    def __str__(self) -> str:
+        if self.kernel == "torch":
+            return f"torch CSR in blocks of {self.rows} rows"
+        return f"row-major kernel in blocks of {self.rows} rows on {self.threads} thread(s)"
 
 
 class Plan:
     """Dense-or-sparse decisions per (out, in, density %, rows bucket, threads), measured on first use: dense, or
-    CSR in blocks of how many rows (CHUNKS, capped at the bucket)."""
+    the fastest ``Way`` timed."""
 
     def __init__(self, min_seconds: float = 0.002, repeats: int = 3, always: Optional[bool] = None,
-                 chunks: Tuple[int, ...] = CHUNKS):
-        """``always``: True/False forces sparse (in blocks of chunks[0] rows)/dense everywhere (for comparisons),
-        None times it; ``chunks``: the blockings timed (another set: for comparisons)."""
-        self.min_seconds, self.repeats, self.always, self.chunks = min_seconds, repeats, always, chunks
-        # key -> (rows per CSR product, None: dense; dense seconds; the fastest sparse seconds)
-        self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[Optional[int], float, float]] = {}
+                 chunks: Tuple[int, ...] = CHUNKS, blocks: Tuple[int, ...] = csr_kernel.BLOCKS):
+        """``always``: True/False forces sparse (the first way of ``ways``)/dense everywhere (for comparisons),
+        None times it; ``chunks``/``blocks``: the torch CSR blockings/row-major kernel blockings timed (another
+        set, or () for none of that kernel: for comparisons)."""
+        self.min_seconds, self.repeats, self.always = min_seconds, repeats, always
+        self.chunks, self.blocks = chunks, blocks
+        # key -> (the way chosen, None: dense; dense seconds; the fastest way's seconds)
+        self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[Optional[Way], float, float]] = {}
         self.calibration_seconds = 0.0
         self.calls = {"sparse": 0, "dense": 0}
         self.all_dense = False  # set by StepTrial around a step that runs dense
 
-    def chunk_for(self, layer: "SparseLinear", rows: int) -> Optional[int]:
-        """Rows per CSR product for this call; None: dense."""
+    def ways(self, layer: "SparseLinear", bucket: int) -> List[Way]:
+        """The ways timed for this layer at this rows bucket: the row-major kernel first (where it is built and
+        takes the layer), blocks no larger than the bucket needs, on all threads and, for up to 16 rows (where
+        sharing the work can cost more than it saves), on one."""
+        threads = torch.get_num_threads()
+        counts = sorted({1, threads}) if bucket <= 16 else [threads]
+        kernel = [Way("rows", block, count) for block in self.blocks if block < 2 * max(bucket, 8)
+                  for count in counts] if layer.takes_kernel() else []
+        return kernel + [Way("torch", chunk) for chunk in sorted({min(chunk, bucket) for chunk in self.chunks})]
+
+    def way_for(self, layer: "SparseLinear", rows: int) -> Optional[Way]:
+        """How this call runs; None: dense."""
         if self.all_dense or self.always is False:
             chosen = None
         else:
-            chosen = self._decide(layer, rows) if self.always is None else self.chunks[0]
+            chosen = self._decide(layer, rows) if self.always is None else self.ways(layer, _bucket(rows))[0]
         self.calls["dense" if chosen is None else "sparse"] += 1
         return chosen
 
-    def _decide(self, layer: "SparseLinear", rows: int) -> Optional[int]:
-        bucket = 1 << max(rows - 1, 0).bit_length()
+    def _decide(self, layer: "SparseLinear", rows: int) -> Optional[Way]:
+        bucket = _bucket(rows)
         key = (layer.out_features, layer.in_features, round(100 * layer.density), bucket, torch.get_num_threads())
         if key not in self.decisions:
             started = time.perf_counter()
-            sample = torch.randn(bucket, layer.in_features, dtype=layer.weight.dtype)
+            sample = torch.randn(min(bucket, SAMPLE_ROWS), layer.in_features, dtype=layer.weight.dtype)
             dense = self._time(lambda: layer.dense(sample))
-            sparse = {chunk: self._time(lambda: layer.sparse(sample, chunk))
-                      for chunk in sorted({min(chunk, bucket) for chunk in self.chunks})}
-            chunk = min(sparse, key=sparse.get)
-            self.decisions[key] = (chunk if sparse[chunk] < MARGIN * dense else None, dense, sparse[chunk])
+            sparse = {way: self._time(lambda: layer.sparse(sample, way)) for way in self.ways(layer, bucket)}
+            way = min(sparse, key=sparse.get)
+            self.decisions[key] = (way if sparse[way] < MARGIN * dense else None, dense, sparse[way])
             self.calibration_seconds += time.perf_counter() - started
         return self.decisions[key][0]
 
@@ -88,11 +120,16 @@ class Plan:
         total = sum(self.calls.values())
         lines = [f"{self.calls['sparse']} of {total} linear-layer calls ran sparse; timing took "
                  f"{self.calibration_seconds:.2f} s"] if total else []
-        for (out, inp, density, bucket, threads), (chunk, dense_s, sparse_s) in sorted(self.decisions.items()):
+        for (out, inp, density, bucket, threads), (way, dense_s, sparse_s) in sorted(
+                self.decisions.items(), key=lambda item: item[0]):
             lines.append(f"{out}x{inp} at {100 - density} % zeros, {threads} thread(s), rows <= {bucket}: "
-                         f"{'dense' if chunk is None else f'sparse in blocks of {chunk} rows'} "
-                         f"(CSR at {dense_s / sparse_s:.2f}x dense speed)")
+                         f"{'dense' if way is None else way} (the fastest sparse way at {dense_s / sparse_s:.2f}x "
+                         f"dense speed)")
         return lines
+
+
+def _bucket(rows: int) -> int:
+    return 1 << max(rows - 1, 0).bit_length()
 
 
 class StepTrial:
@@ -120,7 +157,7 @@ class StepTrial:
         module.forward = step
 
     def run(self, name: str, rows: int, call):
-        key = (name, 1 << max(rows - 1, 0).bit_length(), torch.get_num_threads())
+        key = (name, _bucket(rows), torch.get_num_threads())
         if key in self.choices:
             keep = self.choices[key]
             self.calls["plan" if keep else "dense"] += 1
@@ -171,26 +208,36 @@ class SparseLinear(nn.Module):
         self.density = csr.values().numel() / max(weight.numel(), 1)
         self.plan = plan
 
+    def takes_kernel(self) -> bool:
+        """Whether the row-major kernel can run this layer: float32, 32-bit indices, and the kernel built here."""
+        return (self.weight.dtype == torch.float32 and self.csr.crow_indices().dtype == torch.int32
+                and csr_kernel.load() is not None)
+
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
-    def sparse(self, x: torch.Tensor, chunk: int = CHUNKS[0]) -> torch.Tensor:
-        """The CSR product, ``chunk`` rows at a time (torch's takes x^T and returns (out x rows): two copies)."""
+    def sparse(self, x: torch.Tensor, way: Way) -> torch.Tensor:
+        """The CSR product, the given way."""
         flat = x.reshape(-1, self.in_features)
-        out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype)
-        for start in range(0, flat.shape[0], chunk):
-            block = flat[start:start + chunk].t()
-            if self.bias is None:
-                result = torch.mm(self.csr, block)
-            else:
-                result = torch.addmm(self.bias.unsqueeze(1), self.csr, block)
-            out[start:start + chunk] = result.t()
+        if way.kernel == "rows":
+            out = csr_kernel.linear(flat, self.csr.crow_indices(), self.csr.col_indices(), self.csr.values(),
+                                    None if self.bias is None else self.bias.detach(), self.out_features,
+                                    way.rows, way.threads)
+        else:  # torch's product takes x^T and returns (out x rows): two copies
+            out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype)
+            for start in range(0, flat.shape[0], way.rows):
+                block = flat[start:start + way.rows].t()
+                if self.bias is None:
+                    result = torch.mm(self.csr, block)
+                else:
+                    result = torch.addmm(self.bias.unsqueeze(1), self.csr, block)
+                out[start:start + way.rows] = result.t()
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        chunk = self.plan.chunk_for(self, rows) if rows and not torch.is_grad_enabled() else None
-        return self.dense(x) if chunk is None else self.sparse(x, chunk)
+        way = self.plan.way_for(self, rows) if rows and not torch.is_grad_enabled() else None
+        return self.dense(x) if way is None else self.sparse(x, way)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"

@@ -1,5 +1,6 @@
 """--sparse-inference: CSR linear layers give the dense model's translations."""
 import argparse
+import copy
 import time
 
 import pytest
@@ -8,7 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import train
-from fairseq_slt import sparse_inference
+from fairseq_slt import csr_kernel, sparse_inference
 from test_compact import _hypotheses
 
 
@@ -34,17 +35,79 @@ def loaded(data_bin, slt_run):
     return task, models
 
 
-def test_csr_layers_always_sparse_translate_like_the_dense_model(loaded):
+@pytest.mark.parametrize("kernel", ["rows", "torch"])
+def test_csr_layers_always_sparse_translate_like_the_dense_model(loaded, kernel, monkeypatch):
     task, models = loaded
+    model = copy.deepcopy(models[0])
+    ways = []
+    sparse_product = sparse_inference.SparseLinear.sparse
+    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse",
+                        lambda self, x, way: ways.append(way.kernel) or sparse_product(self, x, way))
     with torch.no_grad():
         dense = _translate(task, models)
-        plan = sparse_inference.Plan(always=True)
-        replaced = sparse_inference.sparsify(models[0], plan)
-        sparse = _translate(task, models)
+        plan = sparse_inference.Plan(always=True, blocks=csr_kernel.BLOCKS if kernel == "rows" else ())
+        replaced = sparse_inference.sparsify(model, plan)
+        sparse = _translate(task, [model])
     # every pruned linear layer: 6 in the encoder layer, 10 in the decoder layer, the output projection
     assert len(replaced) == 17 and "decoder.output_projection" in replaced
     assert plan.calls["sparse"] > 100 and plan.calls["dense"] == 0  # the CSR path really ran
+    assert set(ways) == {kernel}  # and the way asked for
     assert len(dense) >= 90 and sparse == dense
+
+
+def _pruned(out, inputs, seed, bias=True):
+    """A linear layer at about 90 % zeros, with a few outputs that keep no weight and one that keeps all."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(inputs, out, bias=bias)
+    with torch.no_grad():
+        linear.weight[torch.rand(out, inputs) < 0.9] = 0
+        linear.weight[:3] = 0
+        linear.weight[-1] = torch.randn(inputs)
+    return linear
+
+
+def test_the_row_major_kernel_computes_linear_for_every_blocking_threads_and_shape():
+    assert csr_kernel.load() is not None  # built here (the C++ compiler is part of the machine), not skipped
+    for out, inputs, bias in ((64, 48, True), (40, 200, False), (130, 24, True)):
+        layer = sparse_inference.SparseLinear(_pruned(out, inputs, seed=out), sparse_inference.Plan())
+        assert layer.takes_kernel()
+        for rows in (1, 5, 8, 9, 63, 64, 65, 200):
+            x = torch.randn(rows, 2 * inputs)[:, ::2]  # not contiguous
+            expected = layer.dense(x)
+            for block in csr_kernel.BLOCKS:
+                for threads in (1, 2):
+                    way = sparse_inference.Way("rows", block, threads)
+                    torch.testing.assert_close(layer.sparse(x, way), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a 3-dimensional input keeps its leading shape
+        x = torch.randn(3, 7, inputs)
+        torch.testing.assert_close(layer.sparse(x, sparse_inference.Way("rows", 8, 2)), layer.dense(x))
+
+
+def test_the_kernel_is_built_once_into_the_cache_and_its_absence_leaves_torch_csr(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FAIRSEQ_SLT_CACHE", str(tmp_path))
+    monkeypatch.setattr(csr_kernel, "_state", {})
+    assert csr_kernel.load() is not None
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"  # whole, no partial file left
+    stamp, run, commands = built[0].stat().st_mtime_ns, csr_kernel.subprocess.run, []
+    monkeypatch.setattr(csr_kernel.subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
+    monkeypatch.setattr(csr_kernel, "_state", {})
+    assert csr_kernel.load() is not None  # loaded again: the compiler asked its version, nothing compiled
+    assert [command[1:] for command in commands] == [["--version"]] and built[0].stat().st_mtime_ns == stamp
+    monkeypatch.undo()
+    monkeypatch.setattr(csr_kernel, "_state", {})
+    monkeypatch.setenv("FAIRSEQ_SLT_CACHE", str(tmp_path / "other"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))  # no compiler: nothing built, torch CSR only
+    with caplog.at_level("WARNING"):
+        assert csr_kernel.load() is None
+    assert "torch's CSR product only" in caplog.text and not (tmp_path / "other").exists()
+    layer = sparse_inference.SparseLinear(_pruned(64, 48, seed=1), sparse_inference.Plan())
+    assert not layer.takes_kernel()
+    ways = sparse_inference.Plan().ways(layer, 64)
+    assert ways and all(way.kernel == "torch" for way in ways)
+    x = torch.randn(20, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.dense(x), rtol=1e-5, atol=1e-5)
 
 
 def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once(monkeypatch):
@@ -58,21 +121,33 @@ def test_sparse_linear_matches_dense_and_the_plan_times_each_size_once(monkeypat
     layer = model[0]
     assert layer.weight is linear.weight and list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     x = torch.randn(3, 50, 256)
+    ways = plan.ways(layer, 256)  # 150 rows: torch's in blocks of 64 (the last one partial) and in one product
+    assert {(way.kernel, way.rows) for way in ways} == {("torch", 64), ("torch", 256)} | {
+        ("rows", block) for block in csr_kernel.BLOCKS}
     with torch.no_grad():
-        for chunk in (64, 256):  # 150 rows in blocks of 64 (the last one partial) and in one product
-            torch.testing.assert_close(layer.sparse(x, chunk), layer.dense(x), rtol=1e-5, atol=1e-5)
+        for way in ways:
+            torch.testing.assert_close(layer.sparse(x, way), layer.dense(x), rtol=1e-5, atol=1e-5)
         for rows in (5, 7, 8, 100):
             model(torch.randn(rows, 256))
     buckets = sorted(key[3] for key in plan.decisions)
     assert buckets == [8, 128]  # 5, 7 and 8 rows share one timing
-    for (*_, bucket, _threads), (chunk, _, _) in plan.decisions.items():  # dense, or the fastest blocking timed
-        assert chunk in {None} | {min(c, bucket) for c in sparse_inference.CHUNKS}
+    timed, dense = [], sparse_inference.SparseLinear.dense
+    monkeypatch.setattr(sparse_inference.SparseLinear, "dense", lambda self, x: timed.append(x.shape[0]) or dense(self, x))
+    with torch.no_grad():
+        layer(torch.randn(1500, 256))  # a bucket of 2048 rows is timed on SAMPLE_ROWS of them
+    assert set(timed[:-1]) == {sparse_inference.SAMPLE_ROWS} and len(plan.decisions) == 3
+    monkeypatch.undo()
+    assert [way.rows for way in plan.ways(layer, 8) if way.kernel == "rows"] == [8] * len({1, torch.get_num_threads()})
+    assert all(way.threads == torch.get_num_threads() for way in ways if way.kernel == "rows")  # > 16 rows: all
+    for (*_, bucket, _threads), (way, _, _) in plan.decisions.items():  # dense, or the fastest way timed
+        assert way is None or way in plan.ways(layer, bucket)
     used = []
     sparse = sparse_inference.SparseLinear.sparse
-    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, chunk: used.append(chunk) or sparse(self, x, chunk))
+    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: used.append(way) or sparse(self, x, way))
     key = next(k for k in plan.decisions if k[3] == 128)
     hundred = x.reshape(-1, 256)[:100]
-    for decision, runs in ((64, [64]), (None, [])):  # a call runs as its bucket's decision says
+    chosen = sparse_inference.Way("rows", 16, 1)
+    for decision, runs in ((chosen, [chosen]), (None, [])):  # a call runs as its bucket's decision says
         plan.decisions[key] = (decision, 1.0, 0.5)
         used.clear()
         with torch.no_grad():
