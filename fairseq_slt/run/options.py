@@ -84,7 +84,8 @@ class PruningOptions:
         None, "comma-separated updates, e.g. 0,400: save the weights before update 1 (0) and right after update K "
               "as checkpoint_rewind_K.pt in the save dir")
     sparse_inference: bool = _option(
-        False, "fairseq-generate/interactive: run pruned linear layers (at least half zeros) as CSR matmuls where a "
+        False, "fairseq-generate/interactive: run pruned linear layers (at least half zeros) as CSR matmuls (a "
+               "row-major kernel built with the C++ compiler on first use, or torch's CSR product) where a "
                "timing on first use finds them faster than dense, per layer shape, input rows and thread count "
                "(CPU only)")
 
