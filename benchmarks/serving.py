@@ -102,10 +102,11 @@ def export(checkpoint: str, data: str, quantization: str, folder: str) -> str:
 
 
 def sparse_engine(task, model, plan, batch_size):
-    """A copy of the model under --sparse-inference with this plan (layer plan, then the whole-step trial)."""
-    sparse = copy.deepcopy(model)
-    sparse_inference.sparsify(sparse, plan, trial=sparse_inference.StepTrial(plan))
-    return lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
+    """A copy of the model under --sparse-inference with this plan (layer plan, then the whole-step trial):
+    the engine and the trial."""
+    sparse, trial = copy.deepcopy(model), sparse_inference.StepTrial(plan)
+    sparse_inference.sparsify(sparse, plan, trial=trial)
+    return (lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)), trial
 
 
 def worker(args) -> None:
@@ -122,19 +123,16 @@ def worker(args) -> None:
     sources = list(range(min(count, len(dataset))))
     engines, trial = {}, None
     if args.worker == "fairseq":
-        sparse, copy_of_dense = copy.deepcopy(model), copy.deepcopy(model)
-        plan = sparse_inference.Plan()
-        trial = sparse_inference.StepTrial(plan)
-        sparse_inference.sparsify(sparse, plan, trial=trial)
+        copy_of_dense, plan = copy.deepcopy(model), sparse_inference.Plan()
         engines["fairseq dense"] = lambda chosen, fixed: fairseq_translate(task, model, chosen, batch_size, fixed)
-        engines["fairseq sparse"] = lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)
+        engines["fairseq sparse"], trial = sparse_engine(task, model, plan, batch_size)
         earlier = {}  # earlier plans: torch's CSR product only (before the row-major kernel), in one blocking
         if args.also_torch_csr:
             earlier["sparse torch csr"] = sparse_inference.Plan(blocks=())
         if args.also_blocks:
             earlier[f"sparse {args.also_blocks} rows"] = sparse_inference.Plan(chunks=(args.also_blocks,), blocks=())
         for name, earlier_plan in earlier.items():
-            engines[name] = sparse_engine(task, model, earlier_plan, batch_size)
+            engines[name] = sparse_engine(task, model, earlier_plan, batch_size)[0]
         # the same dense weights again: how far two identical engines in one process measure apart (noise floor)
         engines["dense again"] = lambda chosen, fixed: fairseq_translate(task, copy_of_dense, chosen, batch_size, fixed)
     else:
