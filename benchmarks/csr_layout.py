@@ -1,11 +1,11 @@
-"""What the CSR product of --sparse-inference costs beside its kernel: the layout copies around it.
+"""What torch's CSR product costs beside its kernel (the layout copies around it), and the row-major kernel.
 
 fairseq hands a linear layer x (rows x in, row-major) and wants x W^T (rows x out, row-major). Torch's CSR
 product on CPU (MKL) computes W x^T: it needs x^T row-major (a strided copy of x) and returns (out x rows),
 which must be copied back transposed (fairseq_slt.sparse_inference.SparseLinear.sparse). For weight matrices
 of a checkpoint (its zeros as they are) this times, against dense F.linear:
   kernel     the CSR product alone, its input transposed beforehand, its output left transposed
-  as used    SparseLinear.sparse in one block: the same with both copies (what --sparse-inference runs)
+  as used    SparseLinear.sparse in one block: the same with both copies (--sparse-inference's torch way)
   colmajor   MKL on column-major operands (no copies: x's memory is x^T column-major), out= a transposed view
   dense@csr  torch.mm(x, CSR of W^T): the product in fairseq's layout, torch's own kernel
   in Ns      SparseLinear.sparse in blocks of N rows (--blocks; the plan times sparse_inference.CHUNKS)
@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 
 import torch
 from torch import nn
@@ -41,13 +40,6 @@ def best_of(run, calls=15):
         run()
         best = min(best, time.perf_counter() - started)
     return best
-
-
-def csr(matrix):  # as SparseLinear builds its own (int32 indices), for W^T
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        c = matrix.to_sparse_csr()
-        return torch.sparse_csr_tensor(c.crow_indices().int(), c.col_indices().int(), c.values(), size=c.shape)
 
 
 def main():
@@ -73,7 +65,7 @@ def main():
             linear.weight = nn.Parameter(weight, requires_grad=False)
             with torch.no_grad():
                 layer = sparse_inference.SparseLinear(linear, sparse_inference.Plan())
-            by_rows, by_columns = layer.csr, csr(weight.t().contiguous())
+            by_rows, by_columns = layer.csr, sparse_inference.csr_of(weight.t().contiguous())
             zeros = float((weight == 0).float().mean())
             for rows in args.rows:
                 x = torch.randn(rows, in_features)

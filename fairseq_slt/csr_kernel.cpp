@@ -4,8 +4,9 @@
 // Rows are taken in blocks of B rows; each block of x is first transposed into scratch (in x B), so that one
 // weight entry W[j, k] multiplies B contiguous floats: V vectors of 8 (B = 8) or of 16 (B = 16, 32, 64; one
 // AVX-512 register each, two AVX registers elsewhere: 5-15 % faster than vectors of 8 on a Xeon with AVX-512).
-// Two accumulators per output hide the latency of the multiply-adds (four measured no faster). Tasks (64 outputs x one block of rows) are shared among `threads` OpenMP threads;
-// a single block is split by outputs instead, each thread transposing it for itself.
+// Two accumulators per output hide the latency of the multiply-adds (four measured no faster). Tasks (64
+// outputs x one block of rows) are shared among `threads` OpenMP threads; a single block is split by outputs
+// instead, each thread transposing it for itself.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

@@ -199,13 +199,8 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters: state_dict unchanged
         weight = linear.weight.detach()
-        with warnings.catch_warnings():  # torch's "CSR support is in beta" notes, on every layer
-            warnings.simplefilter("ignore", UserWarning)
-            csr = weight.to_sparse_csr()
-            index = torch.int32 if csr.values().numel() < 2 ** 31 else torch.int64
-            self.csr = torch.sparse_csr_tensor(csr.crow_indices().to(index), csr.col_indices().to(index),
-                                               csr.values(), size=csr.shape)
-        self.density = csr.values().numel() / max(weight.numel(), 1)
+        self.csr = csr_of(weight)
+        self.density = self.csr.values().numel() / max(weight.numel(), 1)
         self.plan = plan
 
     def takes_kernel(self) -> bool:
@@ -241,6 +236,16 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, density={self.density:.3f}"
+
+
+def csr_of(weight: torch.Tensor) -> torch.Tensor:
+    """The weight matrix as CSR, with int32 indices where they fit (what csr_kernel takes)."""
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notes, on every layer
+        warnings.simplefilter("ignore", UserWarning)
+        csr = weight.to_sparse_csr()
+        index = torch.int32 if csr.values().numel() < 2 ** 31 else torch.int64
+        return torch.sparse_csr_tensor(csr.crow_indices().to(index), csr.col_indices().to(index), csr.values(),
+                                       size=csr.shape)
 
 
 def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY,

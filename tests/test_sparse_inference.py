@@ -181,7 +181,7 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     trial = sparse_inference.StepTrial(plan, pairs=4)
     assert sorted(sparse_inference.sparsify(model, plan, trial=trial)) == ["decoder.0", "decoder.1", "encoder"]
     kernel = getattr(sparse_inference.SparseLinear, slower)
-    monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x, *chunk: (time.sleep(0.003), kernel(self, x, *chunk))[1])
+    monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x, *way: (time.sleep(0.003), kernel(self, x, *way))[1])
     x = torch.randn(4, 256)
     with torch.no_grad():
         expected = torch.nn.functional.linear(torch.nn.functional.linear(torch.nn.functional.linear(
