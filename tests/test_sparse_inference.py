@@ -39,10 +39,10 @@ def loaded(data_bin, slt_run):
 def test_csr_layers_always_sparse_translate_like_the_dense_model(loaded, kernel, monkeypatch):
     task, models = loaded
     model = copy.deepcopy(models[0])
-    ways = []
+    ways, ran = [], set()
     sparse_product = sparse_inference.SparseLinear.sparse
-    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse",
-                        lambda self, x, way: ways.append(way.kernel) or sparse_product(self, x, way))
+    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: ways.append(way.kernel)
+                        or ran.add(id(self)) or sparse_product(self, x, way))
     with torch.no_grad():
         dense = _translate(task, models)
         plan = sparse_inference.Plan(always=True, blocks=csr_kernel.BLOCKS if kernel == "rows" else ())
@@ -52,6 +52,8 @@ def test_csr_layers_always_sparse_translate_like_the_dense_model(loaded, kernel,
     assert len(replaced) == 17 and "decoder.output_projection" in replaced
     assert plan.calls["sparse"] > 100 and plan.calls["dense"] == 0  # the CSR path really ran
     assert set(ways) == {kernel}  # and the way asked for
+    # in every replaced layer: the encoder's self-attention too, which fairseq runs in torch's fused attention
+    assert {name for name, module in model.named_modules() if id(module) in ran} == set(replaced)
     assert len(dense) >= 90 and sparse == dense
 
 
