@@ -45,12 +45,13 @@ static void outputs(const float* xt, int64_t j0, int64_t j1, const int32_t* crow
   }
 }
 
+// x (rows x in, rows <= B) into xt (in x B), lanes past `rows` zero: row by row, reading x in order (column
+// by column took 6 us more per call for 5 rows of 512)
 template <int B>
 static void transpose(const float* x, int64_t in, int64_t rows, float* xt) {
-  for (int64_t k = 0; k < in; ++k) {
-    for (int64_t r = 0; r < rows; ++r) xt[k * B + r] = x[r * in + k];
-    for (int64_t r = rows; r < B; ++r) xt[k * B + r] = 0.f;
-  }
+  if (rows < B) std::memset(xt, 0, sizeof(float) * in * B);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < in; ++k) xt[k * B + r] = x[r * in + k];
 }
 
 template <typename T, int V>
