@@ -158,6 +158,9 @@ lanes() {  # NAME A B: A on lane a and B on lane b side by side (only the lanes 
 
 bash "$R/01_prepare.sh" > "$WORK/prepare.log" 2>&1 || { tail -n 5 "$WORK/prepare.log"; exit 1; }
 restore || { echo "error: restoring the packed runs of $STORE failed"; exit 1; }
+# the second seeds' runs as well once they are chosen, so that the claims phase's publishes keep their rows
+[ ! -e "$SEEDS_PLAN" ] || ( WORK="$SEED2_WORK" STORE="$SEED2_STORE" restore ) ||
+  { echo "error: restoring $SEED2_STORE failed"; exit 1; }
 case " ${CHAINS:=a b} " in *" a "*|*" b "*) ;; *) echo "error: CHAINS must name a, b or both, got $CHAINS"; exit 1 ;; esac
 lanes "the claim cells" claims_a claims_b || exit 1
 [ "$CHAINS" = "a b" ] || { echo "CHAINS=$CHAINS: the second seeds and later cells wait for both lanes"; exit 0; }
