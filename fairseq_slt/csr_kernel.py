@@ -77,8 +77,8 @@ def load() -> Optional[ctypes.CDLL]:
 
 class Operand:
     """A CSR weight (int32 crow/col, float32 values, contiguous) prepared for the kernel: its parts and their
-    addresses are taken once, since on a decoding step's few rows the Python around the call costs as much as
-    the product (14 us of 35 for a 512x512 matrix at 90 % zeros on 5 rows, measured before)."""
+    addresses are taken once, not on every call (about 1 us per part taken; a decoding step's product of 5 rows
+    by a 512x512 matrix at 90 % zeros takes about 20 us)."""
 
     def __init__(self, csr: torch.Tensor):
         self.lib = load()
