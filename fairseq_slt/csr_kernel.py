@@ -80,13 +80,20 @@ class Operand:
     addresses are taken once, not on every call (about 1 us per part taken; a decoding step's product of 5 rows
     by a 512x512 matrix at 90 % zeros takes about 20 us)."""
 
-    def __init__(self, csr: torch.Tensor):
-        self.lib = load()
-        if self.lib is None:
-            raise RuntimeError("the row-major CSR kernel is not built here")
+    def __init__(self, csr: torch.Tensor, lib: ctypes.CDLL):
+        self.lib = lib
         self.out_features, self.in_features = csr.shape
         self.parts = csr.crow_indices(), csr.col_indices(), csr.values()  # kept alive for the addresses below
         self.pointers = tuple(part.data_ptr() for part in self.parts)
+
+    @classmethod
+    def of(cls, csr: torch.Tensor) -> Optional["Operand"]:
+        """The kernel's operand for this CSR weight, or None where the kernel cannot take it: not float32, indices
+        not int32, or the kernel not built here."""
+        if csr.values().dtype != torch.float32 or csr.crow_indices().dtype != torch.int32:
+            return None
+        lib = load()
+        return None if lib is None else cls(csr, lib)
 
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor], block: int, threads: int) -> torch.Tensor:
         """x (rows x in, float32) times the weight's transpose, plus bias (float32, contiguous):
