@@ -1,10 +1,11 @@
 """Runs fairseq's console scripts in forked children of one process that imported fairseq once.
 
 A tiny ``fairseq-train`` run spends about 7 of its ~12 s here importing fairseq. The tests start one
-server (``serve``) that imports ``fairseq_cli.train``/``generate``/``preprocess`` and nothing else, and each
-``run TOOL ARGS`` client hands it its argv, cwd, environment and stdin/stdout/stderr; the server
-forks, and the child runs the console script's own entry point (``cli_main``) with them, runs the
-atexit hooks as an interpreter exit would, and exits with the same status a real process would.
+server (``serve``) that imports ``fairseq_cli.train``/``generate``/``preprocess`` and ``LAZY`` (what their
+children would import on their own) and nothing else, and each ``run TOOL ARGS`` client hands it its argv,
+cwd, environment and stdin/stdout/stderr; the server forks, and the child runs the console script's own
+entry point (``cli_main``) with them, runs the atexit hooks as an interpreter exit would, and exits with the
+same status a real process would.
 A child whose client dies (killed) is killed too. ``SLT_TEST_HOOK=FILE`` in a request's environment: the
 child runs FILE first (a fault to inject, as a sitecustomize would in a real process). Client side: standard
 library only. ``fairseq-slt`` runs the same way, its module imported in the child only: the server never
@@ -27,9 +28,16 @@ def _plugin_main():
     sys.exit(main())
 
 
+# imported lazily by every training child: torch's first optimizer imports torch._dynamo (and sympy with it),
+# 2 of a tiny fairseq-train run's 4 s after the fork
+LAZY = ("torch._dynamo",)
+
+
 def serve(path: str) -> None:
     import importlib
     entries = {tool: importlib.import_module(module).cli_main for tool, module in TOOLS.items()}
+    for module in LAZY:
+        importlib.import_module(module)
     entries["fairseq-slt"] = _plugin_main
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
