@@ -94,6 +94,16 @@ def unique_tensors(model: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return {name: model[name] for name, first in aliases(model).items() if first == name}
 
 
+def weights_digest(checkpoint: Checkpoint) -> str:
+    """SHA-256 over every weight's name, dtype, shape and bytes (tied tensors once): what a model computes,
+    whatever file holds it (a packed and unpacked checkpoint has its original's)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unique_tensors(checkpoint.model).items()):
+        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def inference_state(state: dict) -> dict:
     """The checkpoint without what only training needs: optimizer state and meters, and without the
     plugin's stored mask, which a compact file keeps as its masked matrices' bitmaps; cfg, args,

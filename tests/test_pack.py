@@ -25,13 +25,13 @@ def _files(folder):
 def _results(run, tmp_path, name):
     out = str(tmp_path / f"{name}.json")
     # fairseq-generate through the tests' fork server, the tiny model's hypotheses cut at 20 tokens
-    run_tool("fairseq-slt", "results", run, "--json", out, "--subset", "test", "--beam", 2, "--generate-command",
-             short_generate())
+    printed = run_tool("fairseq-slt", "results", run, "--json", out, "--subset", "test", "--beam", 2,
+                       "--generate-command", short_generate(), "--force")
     with open(out) as handle:
         row = json.load(handle)["rows"][0]
-    row["score"].pop("command")  # names the checkpoint's path
-    return {key: row[key] for key in ("sparsity", "seed", "updates", "train_seconds", "dense_fp32_bytes",
-                                      "bitmap_fp32_bytes", "score")}
+    figures = {key: row[key] for key in ("sparsity", "seed", "updates", "train_seconds", "dense_fp32_bytes",
+                                         "bitmap_fp32_bytes", "score")}
+    return figures, [line for line in printed.stderr.splitlines() if line.startswith("scoring ")]
 
 
 def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_run, slt_run, tmp_path):
@@ -46,6 +46,7 @@ def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_ru
             legacy = load(dense_run["rewind0"])  # as rewind points were written before: every name its own copy
             legacy["model"] = {k: v.clone() for k, v in legacy["model"].items()}
             atomic_save(legacy, os.path.join(run, "checkpoint_rewind_0.pt"))
+        figures, _ = _results(run, tmp_path, name)  # its score is cached in the run's scores.json, which is packed
         archive, restored = str(tmp_path / f"{name}.tar.gz"), str(tmp_path / "restored" / name)
         printed = run_tool("fairseq-slt", "pack", run, archive).stdout
         assert "checkpoints compact" in printed and archive in printed
@@ -72,7 +73,22 @@ def test_a_packed_run_comes_back_bit_exact_and_reports_the_same_figures(dense_ru
             assert (mask is None) == (mask_back is None), file
             if mask is not None:
                 assert mask.sparsity() > 0.7 and all(torch.equal(mask[n], mask_back[n]) for n in mask), file
-        assert _results(restored, tmp_path, f"{name}-restored") == _results(run, tmp_path, name)
+        # the same figures, and the score from the cache: it is keyed by the weights, which came back bit for bit
+        assert _results(restored, tmp_path, name) == (figures, [])
+        if name == "slt":  # a cache of before (keyed by the file's size and mtime) counts while they match
+            cache_path, best = os.path.join(restored, "scores.json"), os.path.join(restored, "checkpoint_best.pt")
+            cache = json.load(open(cache_path))
+            stat = os.stat(best)
+            for entry in cache:
+                del entry["options"]["weights"]
+                entry["options"].update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+            json.dump(cache, open(cache_path, "w"))
+            assert _results(restored, tmp_path, name) == (figures, [])
+            assert [e["options"].get("weights") for e in json.load(open(cache_path))][-1]  # now by the weights too
+            for entry in cache:
+                entry["options"]["mtime_ns"] += 1  # the file changed since: scored again
+            json.dump(cache, open(cache_path, "w"))
+            assert _results(restored, tmp_path, name)[1] == [f"scoring {best} (beam 2, test)"]
         with tarfile.open(archive) as members:
             size = {m.name: m.size for m in members.getmembers()}
         whole = max(n for member, n in size.items() if "rewind" not in member)  # one checkpoint's weights

@@ -4,10 +4,9 @@ TABLE_JSON, RERUN_JSON: `fairseq-slt results --json` of the protocol and of the 
 import json
 import sys
 
-from fairseq_slt.checkpoints import Checkpoint
+from fairseq_slt.checkpoints import Checkpoint, weights_digest
 from fairseq_slt.cli import claims
 from fairseq_slt.cli.report import setup_of
-from fairseq_slt.cli.results import weights_digest
 from fairseq_slt.pruning import atomic_write_text
 
 table_json, rerun_json, original, out = sys.argv[1:5]

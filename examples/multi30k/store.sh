@@ -10,7 +10,7 @@ pack_finished() {  # the finished runs not packed yet, so that a new machine goe
     [ -e "$(stored "$done")" ] || fairseq-slt pack "${done%/.done}" "$(stored "$done")" || return 1
   done
 }
-restore() {  # a machine that lost WORK: every packed run back in place (their scores are recomputed)
+restore() {  # a machine that lost WORK: every packed run back in place, with its cached scores
   [ -d "$STORE" ] || return 0
   find "$STORE" -name '*.tar.gz' | sort | while read -r archive; do
     local run="$WORK/${archive#"$STORE"/}"; run="${run%.tar.gz}"

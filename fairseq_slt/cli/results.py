@@ -2,19 +2,16 @@
 
 A run is a save dir (``run.json``, checkpoints). Given folders are searched for runs (an iterate work dir,
 a recipe's WORK). Each finished run's checkpoint is scored once with fairseq-generate and sacreBLEU; the
-score is cached beside the checkpoint (``scores.json``) and reused while the checkpoint and the scoring
+score is cached beside the checkpoint (``scores.json``) and reused while its weights and the scoring
 options are unchanged. Runs whose scored weights are the same bit for bit are one model, not two seeds: the
 first (by path) is a row, the others are listed as copies of it.
 """
-import hashlib
 import os
 import sys
 from typing import Dict, List, Optional
 
-import torch
-
 from ..run import folder as run_dir
-from ..checkpoints import Checkpoint, unique_tensors
+from ..checkpoints import Checkpoint, unique_tensors, weights_digest
 from ..pruning import UserError, atomic_write_json, atomic_write_text, methods
 from ..pruning.io import TEMPORARY, refuse_overwrite
 from ..run.folder import LAST, MANIFEST
@@ -159,7 +156,7 @@ def collect(args) -> dict:
                      "checkpoint": checkpoint_path, "scored_instead": scored_instead, "train_command": manifests[run].get("command"),
                      "environment": manifests[run].get("environment"),
                      "seed": identity.get("seed"), "updates": updates_of(run), "train_seconds": train_seconds(run),
-                     **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args)})
+                     **compact_bytes(checkpoint), "score": score(run, checkpoint_path, args, digest)})
     spent = {row["run"]: (row["updates"], row["train_seconds"]) for row in rows}
     for row in rows:
         row.update(cost(row["run"], identities, spent))
@@ -169,15 +166,6 @@ def collect(args) -> dict:
 def below(mask, target: float) -> bool:
     """Whether a checkpoint's mask is less sparse than the run's target (by more than rounding)."""
     return mask is not None and mask.sparsity() < target - 0.005
-
-
-def weights_digest(checkpoint: Checkpoint) -> str:
-    """SHA-256 over every weight's name, dtype, shape and bytes (tied tensors once)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(unique_tensors(checkpoint.model).items()):
-        digest.update(f"{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
-        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def chain_of(run: str, identities: Dict[str, dict]) -> List[str]:

@@ -1,6 +1,6 @@
 """Scoring one checkpoint for ``fairseq-slt results``: fairseq-generate on a subset, sacreBLEU and chrF on
-the detokenized output, cached beside the checkpoint (``scores.json``) while the checkpoint and the options
-are unchanged."""
+the detokenized output, cached beside the checkpoint (``scores.json``) while its weights and the options are
+unchanged."""
 import json
 import os
 import shlex
@@ -8,18 +8,25 @@ import subprocess
 import sys
 from typing import Dict, List, NamedTuple, Optional
 
-from ..checkpoints import Checkpoint
+from ..checkpoints import Checkpoint, weights_digest
 from ..pruning import Failure, UserError, atomic_write_json
 
 SCORES = "scores.json"
 
 
-def score(run: str, checkpoint_path: str, args) -> Optional[dict]:
-    """The cached score of the checkpoint, or a new one (None with --no-score and no cache)."""
+def score(run: str, checkpoint_path: str, args, weights: Optional[str] = None) -> Optional[dict]:
+    """The cached score of the checkpoint's weights, or a new one (None with --no-score and no cache).
+
+    The cache is keyed by the weights' digest (``weights``, when the caller has it), not by the file: a run
+    packed and unpacked on another machine keeps its scores. An entry of an older cache, keyed by the file's
+    size and mtime, still counts while those match, and is then keyed by the digest too."""
+    weights = weights or weights_digest(Checkpoint(checkpoint_path, "checkpoint", mmap=True))
+    common = {"subset": args.subset, "beam": args.beam, "remove_bpe": args.remove_bpe, "data": args.data,
+              "references": os.path.abspath(args.references) if args.references else None}
     stat = os.stat(checkpoint_path)
-    options = {"checkpoint": os.path.basename(checkpoint_path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-               "subset": args.subset, "beam": args.beam, "remove_bpe": args.remove_bpe, "data": args.data,
-               "references": os.path.abspath(args.references) if args.references else None}
+    name = os.path.basename(checkpoint_path)
+    options = {"checkpoint": name, "weights": weights, **common}
+    by_file = {"checkpoint": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **common}
     cache_path = os.path.join(run, SCORES)
     cache = []
     if os.path.isfile(cache_path):
@@ -28,10 +35,12 @@ def score(run: str, checkpoint_path: str, args) -> Optional[dict]:
     for entry in cache:
         if entry["options"] == options:
             return entry["result"]
-    if args.no_score:
-        return None
-    print(f"scoring {checkpoint_path} (beam {args.beam}, {args.subset})", file=sys.stderr, flush=True)
-    result = generate_and_score(checkpoint_path, args)
+    result = next((entry["result"] for entry in cache if entry["options"] == by_file), None)
+    if result is None:
+        if args.no_score:
+            return None
+        print(f"scoring {checkpoint_path} (beam {args.beam}, {args.subset})", file=sys.stderr, flush=True)
+        result = generate_and_score(checkpoint_path, args)
     atomic_write_json(cache + [{"options": options, "result": result}], cache_path)
     return result
 
