@@ -166,6 +166,12 @@ def test_the_converged_driver_packs_finished_runs_and_a_new_machine_goes_on_from
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result.stdout
 
+    def scoring(folder):  # the driver's publish: results, then pack_finished, so that each archive has its scores
+        printed = run_tool("fairseq-slt", "results", folder, "--subset", "test", "--beam", 2, "--generate-command",
+                           short_generate())
+        return [line for line in printed.stderr.splitlines() if line.startswith("scoring ")]
+
+    assert len(scoring(work)) == 2  # dense and slt_0.8 (slt_0.9 is a copy of it)
     assert store_sh("pack_finished").count("packed ") == 2
     assert sorted(_files(store)) == ["dense.tar.gz", os.path.join("slt", "slt_0.8.tar.gz")]
     assert store_sh("pack_finished") == ""  # packed once
@@ -183,3 +189,4 @@ def test_the_converged_driver_packs_finished_runs_and_a_new_machine_goes_on_from
         for name in ("checkpoint_best.pt", "checkpoint_rewind_4.pt" if run == "dense" else "checkpoint_rewind_0.pt"):
             before, after = load(os.path.join(lost, run, name)), load(os.path.join(work, run, name))
             assert all(torch.equal(bits(v), bits(after["model"][k])) for k, v in before["model"].items())
+    assert scoring(work) == []  # a new machine does not score the restored runs again

@@ -28,14 +28,17 @@ SERVING_OUT="$BENCHMARKS/serving_trained_base.txt"  # 14_serving_benchmark.sh wr
 source "$R/store.sh"
 
 publish() {  # the table of every finished cell, written (and committed) one chain at a time, and its runs packed
+  # once scored, so that each archive carries its scores (scores.json: a restored run is not scored again)
   (
     flock 9
-    pack_finished && { [ ! -d "$SEED2_WORK" ] || ( WORK="$SEED2_WORK" STORE="$SEED2_STORE" pack_finished ); } ||
-      { echo "publish: packing failed"; exit 0; }
+    scored=yes
     # shellcheck disable=SC2046
     fairseq-slt results "$WORK" $([ ! -d "$SEED2_WORK" ] || echo "$SEED2_WORK") --generate-command "$GENERATE_COMMAND" --beam "$BEAM" --remove-bpe sentencepiece \
       --references "$WORK/data/text/test.$TGT" --chrf --table "$PUBLISH/table.md" --plot "$PUBLISH/bleu_vs_sparsity.png" \
-      --json "$PUBLISH/results.json" --force > "$WORK/publish.log" 2>&1 || { tail -n 3 "$WORK/publish.log"; exit 0; }
+      --json "$PUBLISH/results.json" --force > "$WORK/publish.log" 2>&1 || { tail -n 3 "$WORK/publish.log"; scored=no; }
+    pack_finished && { [ ! -d "$SEED2_WORK" ] || ( WORK="$SEED2_WORK" STORE="$SEED2_STORE" pack_finished ); } ||
+      { echo "publish: packing failed"; exit 0; }
+    [ "$scored" = yes ] || exit 0
     if [ -n "${COMMIT_REPO:-}" ]; then
       git -C "$COMMIT_REPO" add -- "$PUBLISH" &&
         git -C "$COMMIT_REPO" commit -q -m "docs/results/converged (T=$T): $1" -- "$PUBLISH" || echo "publish: nothing committed"
