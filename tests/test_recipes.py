@@ -247,3 +247,17 @@ def test_serving_recipe_refuses_unfinished_models_and_writes_nothing(tmp_path):
                              text=True, env=variables)
     assert skipped.returncode == 0 and skipped.stdout == f"serving benchmark: {out} exists (delete it to measure again)\n"
     assert out.read_text() == "measured\n" and sorted(p.name for p in out.parent.iterdir()) == ["serving.txt"]
+
+
+def test_the_paper_comparison_averages_seeds_and_gives_each_cell_its_change_from_dense():
+    spec = importlib.util.spec_from_file_location("paper_comparison", os.path.join(RECIPE, "paper_comparison.py"))
+    comparison = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(comparison)
+    rows = [{"label": label, "target_sparsity": sparsity, "score": {"bleu": bleu}} for label, sparsity, bleu in (
+        ("dense", 0.0, 30.0), ("dense", 0.0, 31.0), ("mp", 0.5, 28.0), ("mp", 0.5, 29.25), ("slt-mp", 0.9, 27.0))]
+    lines = comparison.table(rows).splitlines()
+    assert lines[0] == "| sparsity | mp | lt | slt | clt | slt-mp | mp-slt |"
+    assert lines[2] == ("| 50 % | 28.6 (-1.9) / 26.4 (-0.4) | - / 25.4 (-1.4) | - / 26.6 (-0.2) | - / 26.7 (-0.1) "
+                        "| - / - | - / - |")
+    assert lines[4].startswith("| 90 % | - / 22.9 (-3.9) |") and "| 27.0 (-3.5) / 23.5 (-3.3) |" in lines[4]
+    assert lines[-1].endswith("dense: ours 30.5, the paper 26.8.")
