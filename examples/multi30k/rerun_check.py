@@ -2,6 +2,7 @@
    python rerun_check.py TABLE_JSON RERUN_JSON ORIGINAL_RUN OUT_MD
 TABLE_JSON, RERUN_JSON: `fairseq-slt results --json` of the protocol and of the re-run's folder."""
 import json
+import os
 import sys
 
 from fairseq_slt.checkpoints import Checkpoint, weights_digest
@@ -20,9 +21,16 @@ same = weights_digest(Checkpoint(row["checkpoint"], "checkpoint", mmap=True)) ==
     weights_digest(Checkpoint(again["checkpoint"], "checkpoint", mmap=True))
 
 
+base = os.path.commonpath([os.path.abspath(original), os.path.abspath(again["run"])])  # no machine's paths
+
+
+def name(run: str) -> str:
+    return os.path.relpath(os.path.abspath(run), base)
+
+
 lines = [f"# {row['label']} {row['target_sparsity'] * 100:g} %: a committed row re-run from its recorded command", "",
-         f"- committed row: {original}: BLEU {row['score']['bleu']:.2f}, trained on {setup_of(row.get('environment'))}",
-         f"- re-run: {again['run']}: BLEU {bleu:.2f} (chrF {again['score'].get('chrf')}), trained on {setup_of(again.get('environment'))}",
+         f"- committed row: {name(original)}: BLEU {row['score']['bleu']:.2f}, trained on {setup_of(row.get('environment'))}",
+         f"- re-run: {name(again['run'])}: BLEU {bleu:.2f} (chrF {again['score'].get('chrf')}), trained on {setup_of(again.get('environment'))}",
          f"- the cell's seeds: {cell['n']} run(s) {cell['seeds']}, BLEU {low:.2f}-{high:.2f}",
          f"- verdict: {'within the range' if not outside else f'outside the range by {outside:.2f} BLEU'}; "
          f"the re-run's weights are {'the same' if same else 'not the same'} bit for bit"]
