@@ -15,7 +15,8 @@ import time
 
 from ..pruning import Failure, UserError
 from ..run.options import CPU_DDP_BACKENDS
-from .iterate import _dies_with, option_value
+from .iterate import _dies_with
+from .iterate_options import option_value
 
 RANK_OPTIONS = ("--distributed-world-size", "--distributed-rank", "--distributed-init-method", "--device-id",
                 "--distributed-no-spawn", "--distributed-port")
