@@ -112,7 +112,7 @@ def test_bad_input_is_one_line_and_leaves_files_as_they_were(dense_run, slt_run,
     atomic_save(state, os.path.join(unfinished, "checkpoint_last.pt"))
     archive = str(tmp_path / "run.tar.gz")
     one_error_line(run_tool("fairseq-slt", "pack", unfinished, archive, check=False), "not finished",
-                    "at update 16 of 100")
+                    "its last checkpoint at update 16 of 100")
     one_error_line(run_tool("fairseq-slt", "pack", str(tmp_path), archive, check=False), "not a run folder")
     assert not os.path.exists(archive)
 

@@ -130,7 +130,7 @@ def test_the_table_recipe_runs_every_method_and_ends_in_a_table(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     scored = [line for line in again.stderr.splitlines() if line.startswith("scoring ")]
     assert len(scored) == 1 and "slt/slt_0.8/checkpoint_best.pt" in scored[0]
-    assert "\nUnfinished: extra/slt_0.5 (at update" in again.stdout and tmp_path.name not in again.stdout
+    assert "\nUnfinished: extra/slt_0.5 (its last checkpoint at update " in again.stdout and tmp_path.name not in again.stdout
     assert "|\nUnfinished" not in again.stdout  # a note after the cost table would read as its last row
     rescored = {os.path.relpath(r["run"], work): r for r in json.load(open(os.path.join(work, "results",
                                                                                        "results.json")))["rows"]}

@@ -89,7 +89,7 @@ def finished(run: str) -> Optional[str]:
     checkpoint = Checkpoint(last, "checkpoint", mmap=True)
     target = ((checkpoint.state.get("cfg") or {}).get("optimization") or {}).get("max_update") or 0
     done = checkpoint.num_updates or 0
-    return None if target and done >= target else f"at update {done} of {target or '?'}"
+    return None if target and done >= target else f"its last checkpoint at update {done} of {target or '?'}"
 
 
 def compact_bytes(checkpoint: Checkpoint) -> Dict[str, int]:
