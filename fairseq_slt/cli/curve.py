@@ -12,7 +12,7 @@ import statistics
 import sys
 from typing import Dict, List, Optional
 
-from ..checkpoints import Checkpoint
+from ..checkpoints import Checkpoint, weights_digest
 from ..pruning import UserError, atomic_write_json
 from ..pruning.io import refuse_overwrite
 from . import figures
@@ -96,12 +96,13 @@ def collect(args) -> dict:
     for run, checkpoints in found.items():
         points: List[dict] = []
         for update, path in checkpoints.items():
-            extra = Checkpoint(path, "checkpoint", mmap=True).state.get("extra_state") or {}
+            checkpoint = Checkpoint(path, "checkpoint", mmap=True)
+            extra, weights = checkpoint.state.get("extra_state") or {}, weights_digest(checkpoint)
             point = {"update": update, "checkpoint": path, "valid_loss": extra.get("val_loss")}
             for subset in subsets:
                 options = argparse.Namespace(**{**vars(args), "subset": subset, "no_score": False, "references":
                                                 os.path.join(args.references_dir, f"{subset}.{args.tgt}")})
-                point[subset] = score(run, path, options)["bleu"]
+                point[subset] = score(run, path, options, weights)["bleu"]
             points.append(point)
         curves[os.path.abspath(run)] = points
     shared = sorted(set.intersection(*(set(p["update"] for p in points) for points in curves.values())))
