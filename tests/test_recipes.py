@@ -261,3 +261,29 @@ def test_the_paper_comparison_averages_seeds_and_gives_each_cell_its_change_from
                         "| - / - | - / - |")
     assert lines[4].startswith("| 90 % | - / 22.9 (-3.9) |") and "| 27.0 (-3.5) / 23.5 (-3.3) |" in lines[4]
     assert lines[-1].endswith("dense: ours 30.5, the paper 26.8.")
+
+
+def test_the_drivers_commit_message_says_what_the_results_gained_not_which_stage_called_publish(tmp_path):
+    def row(run, bleu):
+        return {"run": f"/m/w{run}", "score": {"bleu": bleu}}
+
+    old = {"rows": [row("/dense", 35.2), row("/slt/slt_0.5", 35.0)],
+           "unfinished": [{"run": "/m/w/clt/clt_0.9", "why": "its last checkpoint at update 153 of 3500"}],
+           "second_seeds": {"cells": []}}
+    new = {"rows": [row("/dense", 35.2), row("/slt/slt_0.5", 35.1), row("/clt/clt_0.9", 31.25), row("_seed2/dense", 35.8)],
+           "unfinished": [{"run": "/m/w/clt/clt_0.95", "why": "no checkpoint yet"}],
+           "second_seeds": {"cells": [{"label": "slt", "sparsity": 0.98}]}}
+    (tmp_path / "new.json").write_text(json.dumps(new))
+
+    def message(old_text):  # as publish calls it: the committed results.json on stdin
+        done = subprocess.run([sys.executable, os.path.join(RECIPE, "results_change.py"), "-", str(tmp_path / "new.json")],
+                              input=old_text, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert message(json.dumps(old)) == (
+        "w/slt/slt_0.5 scored again (35.1 BLEU); w/clt/clt_0.9 in (31.25 BLEU); w_seed2/dense in (35.80 BLEU); "
+        "w/clt/clt_0.95 unfinished (no checkpoint yet); second seeds wanted: slt 98 %\n")
+    assert message("") == ("w/dense in (35.20 BLEU); w/slt/slt_0.5 in (35.10 BLEU); w/clt/clt_0.9 in (31.25 BLEU); "
+                           "3 more changes\n")  # nothing committed yet
+    assert message(json.dumps(new)) == "no run changed\n"

@@ -40,8 +40,11 @@ publish() {  # the table of every finished cell, written (and committed) one cha
       { echo "publish: packing failed"; exit 0; }
     [ "$scored" = yes ] || exit 0
     if [ -n "${COMMIT_REPO:-}" ]; then
+      # the message says what the table gained (the stage that called publish, $1, may have finished long before)
+      change=$(git -C "$COMMIT_REPO" show "HEAD:$(realpath --relative-to="$COMMIT_REPO" "$PUBLISH")/results.json" 2>/dev/null |
+        python3 "$R/results_change.py" - "$PUBLISH/results.json") || change="after $1"
       git -C "$COMMIT_REPO" add -- "$PUBLISH" &&
-        git -C "$COMMIT_REPO" commit -q -m "docs/results/converged (T=$T): $1" -- "$PUBLISH" || echo "publish: nothing committed"
+        git -C "$COMMIT_REPO" commit -q -m "docs/results/converged (T=$T): $change" -- "$PUBLISH" || echo "publish: nothing committed"
     fi
   ) 9> "$WORK/.publish.lock"
 }
