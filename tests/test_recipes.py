@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -287,3 +288,44 @@ def test_the_drivers_commit_message_says_what_the_results_gained_not_which_stage
     assert message("") == ("w/dense in (35.20 BLEU); w/slt/slt_0.5 in (35.10 BLEU); w/clt/clt_0.9 in (31.25 BLEU); "
                            "3 more changes\n")  # nothing committed yet
     assert message(json.dumps(new)) == "no run changed\n"
+
+
+def test_publish_scores_before_it_packs_and_commits_only_a_scored_table_named_by_what_it_gained(tmp_path):
+    """run_converged.sh's publish, alone: `results` first (so each archive holds its scores), then the packing, then
+    a commit of the table whose message results_change.py writes; a failed `results` packs but commits nothing."""
+    with open(os.path.join(RECIPE, "run_converged.sh")) as handle:
+        publish = re.search(r"^publish\(\) \{.*?^\}\n", handle.read(), re.S | re.M).group(0)
+    repo, work, stubs = tmp_path / "repo", tmp_path / "w", tmp_path / "bin"
+    table = repo / "docs" / "results" / "converged"
+    for folder in (table, work, stubs):
+        folder.mkdir(parents=True)
+    row = {"run": f"{work}/dense", "score": {"bleu": 35.2}}
+    (table / "results.json").write_text(json.dumps({"rows": [row], "unfinished": []}))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"rows": [row, {"run": f"{work}/clt/clt_0.9", "score": {"bleu": 31.25}}], "unfinished": []}))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "first"], check=True)
+    (stubs / "fairseq-slt").write_text('#!/bin/bash\necho results >> "$LOG"\n[ -z "${FAIL:-}" ] || exit 1\n'
+                                       'while [ $# -gt 0 ]; do [ "$1" != --json ] || cp "$NEW" "$2"; shift; done\n')
+    (stubs / "fairseq-slt").chmod(0o755)
+    log = tmp_path / "log"
+    variables = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", LOG=str(log), NEW=str(new), WORK=str(work),
+                     SEED2_WORK=str(tmp_path / "none"), PUBLISH=str(table), COMMIT_REPO=str(repo), T="3500",
+                     R=RECIPE, GENERATE_COMMAND="x", BEAM="5", TGT="de", GIT_AUTHOR_NAME="t",
+                     GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+
+    def run(**extra):
+        log.write_text("")
+        done = subprocess.run(["bash", "-c", f'set -u\n{publish}pack_finished() {{ echo "pack $WORK" >> "$LOG"; }}\n'
+                               'publish "dense, seed 2"'], env=dict(variables, **extra), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        subjects = subprocess.run(git + ["log", "--format=%s"], capture_output=True, text=True).stdout.splitlines()
+        return log.read_text().splitlines(), subjects
+
+    steps, subjects = run(FAIL="1")
+    assert steps == ["results", f"pack {work}"] and subjects == ["first"]  # packed, nothing committed
+    steps, subjects = run()
+    assert steps == ["results", f"pack {work}"]
+    assert subjects == ["docs/results/converged (T=3500): clt/clt_0.9 in (31.25 BLEU)", "first"]
