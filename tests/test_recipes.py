@@ -250,7 +250,7 @@ def test_serving_recipe_refuses_unfinished_models_and_writes_nothing(tmp_path):
     assert out.read_text() == "measured\n" and sorted(p.name for p in out.parent.iterdir()) == ["serving.txt"]
 
 
-def test_the_paper_comparison_averages_seeds_and_gives_each_cell_its_change_from_dense():
+def test_the_paper_comparison_averages_seeds_and_gives_each_cell_its_change_from_dense(tmp_path):
     spec = importlib.util.spec_from_file_location("paper_comparison", os.path.join(RECIPE, "paper_comparison.py"))
     comparison = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(comparison)
@@ -262,6 +262,13 @@ def test_the_paper_comparison_averages_seeds_and_gives_each_cell_its_change_from
                         "| - / - | - / - |")
     assert lines[4].startswith("| 90 % | - / 22.9 (-3.9) |") and "| 27.0 (-3.5) / 23.5 (-3.3) |" in lines[4]
     assert lines[-1].endswith("dense: ours 30.5, the paper 26.8.")
+    no_dense = tmp_path / "no_dense.json"
+    no_dense.write_text(json.dumps({"rows": rows[2:]}))
+    for path, error in ((tmp_path / "missing.json", f"error: cannot read {tmp_path / 'missing.json'}: No such file or "
+                         "directory"), (no_dense, f"error: {no_dense} has no scored dense row to compare against")):
+        done = subprocess.run([sys.executable, os.path.join(RECIPE, "paper_comparison.py"), str(path)],
+                              capture_output=True, text=True)
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", error + "\n")
 
 
 def test_the_drivers_commit_message_says_what_the_results_gained_not_which_stage_called_publish(tmp_path):

@@ -37,5 +37,15 @@ def table(rows) -> str:
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as handle:
-        print(table(json.load(handle)["rows"]), end="")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python paper_comparison.py RESULTS_JSON")
+    try:
+        with open(sys.argv[1]) as handle:
+            rows = [r for r in json.load(handle)["rows"] if r.get("score")]
+    except OSError as error:
+        sys.exit(f"error: cannot read {sys.argv[1]}: {error.strerror}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        sys.exit(f"error: {sys.argv[1]} is not the JSON of `fairseq-slt results --json`")
+    if not any(r["target_sparsity"] == 0 for r in rows):
+        sys.exit(f"error: {sys.argv[1]} has no scored dense row to compare against")
+    print(table(rows), end="")
