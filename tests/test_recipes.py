@@ -290,7 +290,7 @@ def test_the_drivers_commit_message_says_what_the_results_gained_not_which_stage
         return done.stdout
 
     assert message(json.dumps(old)) == (
-        "w/slt/slt_0.5 scored again (35.1 BLEU); w/clt/clt_0.9 in (31.25 BLEU); w_seed2/dense in (35.80 BLEU); "
+        "w/slt/slt_0.5 scored again (35.10 BLEU); w/clt/clt_0.9 in (31.25 BLEU); w_seed2/dense in (35.80 BLEU); "
         "w/clt/clt_0.95 unfinished (no checkpoint yet); second seeds wanted: slt 98 %\n")
     assert message("") == ("w/dense in (35.20 BLEU); w/slt/slt_0.5 in (35.10 BLEU); w/clt/clt_0.9 in (31.25 BLEU); "
                            "3 more changes\n")  # nothing committed yet

@@ -18,11 +18,12 @@ def change(old: dict, new: dict) -> str:
     parts = []
     for row in new["rows"]:
         bleu = (row.get("score") or {}).get("bleu")
+        score = f" ({bleu:.2f} BLEU)" if bleu is not None else " (not scored)"
         before = old_rows.get(row["run"])
         if before is None:
-            parts.append(f"{name(row['run'])} in" + (f" ({bleu:.2f} BLEU)" if bleu is not None else ""))
+            parts.append(f"{name(row['run'])} in{score}")
         elif (before.get("score") or {}).get("bleu") != bleu:
-            parts.append(f"{name(row['run'])} scored again ({bleu} BLEU)")
+            parts.append(f"{name(row['run'])} scored again{score}")
     for item in new.get("unfinished", []):
         if old_unfinished.get(item["run"]) != item["why"] and item["run"] not in old_rows:
             parts.append(f"{name(item['run'])} unfinished ({item['why']})")
