@@ -2,12 +2,11 @@
    python rerun_check.py TABLE_JSON RERUN_JSON ORIGINAL_RUN OUT_MD
 TABLE_JSON, RERUN_JSON: `fairseq-slt results --json` of the protocol and of the re-run's folder."""
 import json
-import os
 import sys
 
 from fairseq_slt.checkpoints import Checkpoint, weights_digest
 from fairseq_slt.cli import claims
-from fairseq_slt.cli.report import setup_of
+from fairseq_slt.cli.report import run_namer, setup_of
 from fairseq_slt.pruning import atomic_write_text
 
 table_json, rerun_json, original, out = sys.argv[1:5]
@@ -21,11 +20,7 @@ same = weights_digest(Checkpoint(row["checkpoint"], "checkpoint", mmap=True)) ==
     weights_digest(Checkpoint(again["checkpoint"], "checkpoint", mmap=True))
 
 
-base = os.path.commonpath([os.path.abspath(original), os.path.abspath(again["run"])])  # no machine's paths
-
-
-def name(run: str) -> str:
-    return os.path.relpath(os.path.abspath(run), base)
+name = run_namer([original, again["run"]])  # no machine's paths
 
 
 lines = [f"# {row['label']} {row['target_sparsity'] * 100:g} %: a committed row re-run from its recorded command", "",

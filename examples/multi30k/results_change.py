@@ -2,16 +2,13 @@
 commit message (the stage that called publish may have been finished long before, e.g. on a restart).
    python results_change.py OLD_JSON NEW_JSON        (OLD_JSON '-' reads stdin; empty: no earlier results)"""
 import json
-import os
 import sys
+
+from fairseq_slt.cli.report import run_namer  # runs named as table.md names them
 
 
 def change(old: dict, new: dict) -> str:
-    runs = [r["run"] for r in old.get("rows", []) + new["rows"] + old.get("unfinished", []) + new["unfinished"]]
-    base = os.path.commonpath([os.path.dirname(run) for run in runs]) if runs else os.sep
-
-    def name(run: str) -> str:  # as table.md names it, from the folder that holds every run: clt/clt_0.95
-        return os.path.relpath(run, base)
+    name = run_namer([r["run"] for r in old.get("rows", []) + new["rows"] + old.get("unfinished", []) + new["unfinished"]])
 
     old_rows = {r["run"]: r for r in old.get("rows", [])}
     old_unfinished = {u["run"]: u["why"] for u in old.get("unfinished", [])}

@@ -49,7 +49,7 @@ def markdown(result: dict, chrf: bool) -> str:
         notes += claims.notes(result)
     costs = cost_table(rows, labels, levels)
     notes += costs + ([""] if costs else [])  # what follows a Markdown table must not read as its last row
-    name = _namer(result)
+    name = run_namer([r["run"] for r in result["rows"] + result["unfinished"] + result.get("copies", [])])
     for row in result["rows"]:
         if row.get("scored_instead"):
             notes.append(f"Scored another checkpoint: {name(row['run'])}: {row['scored_instead']}")
@@ -72,10 +72,9 @@ def _count(n, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _namer(result: dict):
-    """A run as the table names it: from the folder that holds every run (mp/mp_0.9, not /home/.../mp/mp_0.9:
-    a committed table says nothing about one machine's paths; the JSON keeps the full paths)."""
-    runs = [r["run"] for r in result["rows"] + result["unfinished"] + result.get("copies", [])]
+def run_namer(runs: List[str]):
+    """A run as the table names it: from the folder that holds every one of ``runs`` (mp/mp_0.9, not
+    /home/.../mp/mp_0.9: a committed table says nothing about one machine's paths; the JSON keeps the full paths)."""
     parents = [os.path.dirname(os.path.abspath(run)) for run in runs]
     base = os.path.commonpath(parents) if parents else os.sep
     return lambda run: os.path.relpath(os.path.abspath(run), base)
