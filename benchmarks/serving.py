@@ -11,15 +11,18 @@ other down): fairseq's SequenceGenerator after prepare_for_inference_, as fairse
 as the plugin applies it (the layer plan, then the whole-step trial); CTranslate2 from `fairseq-slt
 export-ct2 --no-verify` folders (with N threads: N batches at a time, one thread each, as it serves best;
 'ct2 int8 intra' is one batch at a time on N threads); every engine batches sentences of similar source
-lengths, as fairseq-generate and CTranslate2's max_batch_size do; fairseq dense, sparse and a second copy
-of the dense weights ("dense again": the noise floor, two identical engines measured apart) share a
-process, interleaved in --repeats rounds whose order rotates. One warm-up batch before each timed pass.
+lengths, as fairseq-generate and CTranslate2's max_batch_size do. "fairseq dense" is fairseq-generate under
+the plugin's task (its beam search attends to each sentence's encoder output once: ``beamable_attention``);
+"stock fairseq" the same weights through fairseq's own translation task. fairseq dense, sparse, a second copy
+of the dense weights ("dense again": the noise floor, two identical engines measured apart) and stock fairseq
+share a process, interleaved in --repeats rounds whose order rotates. One warm-up batch before each timed pass.
 Prints the median sentences/s, the ratio to fairseq dense (paired by round within a process), the rounds'
 spread, BLEU, and the sizes on disk.
 Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
 """
 import argparse
 import copy
+import functools
 import logging
 import os
 import shutil
@@ -63,17 +66,21 @@ def load_fairseq(path: str, data: str):
     return task, model
 
 
-def fairseq_translate(task, model, sources, batch_size: int, fixed: int):
+def fairseq_translate(task, model, sources, batch_size: int, fixed: int, stock: bool = False):
     """id -> detokenized hypothesis, in batches of ``batch_size`` sentences of similar source lengths (as
-    fairseq-generate batches them, and as CTranslate2 does with max_batch_size)."""
+    fairseq-generate batches them, and as CTranslate2 does with max_batch_size); ``stock``: by fairseq's own
+    translation task's inference step, not the plugin's."""
     lengths = dict(max_len_a=0, max_len_b=fixed, min_len=fixed) if fixed else dict(max_len_a=1.2, max_len_b=10)
     generator = task.build_generator([model], argparse.Namespace(beam=5, **lengths))
+    from fairseq.tasks.translation import TranslationTask
+
+    step = functools.partial(TranslationTask.inference_step, task) if stock else task.inference_step
     dataset, output = task.dataset("test"), {}
     ordered = sorted(sources, key=lambda i: int(dataset.src_sizes[i]))
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
             sample = dataset.collater([dataset[i] for i in ordered[start:start + batch_size]])
-            for sentence, hyps in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
+            for sentence, hyps in zip(sample["id"].tolist(), step(generator, [model], sample)):
                 output[sentence] = task.target_dictionary.string(hyps[0]["tokens"], "sentencepiece")
     return output
 
@@ -135,6 +142,8 @@ def worker(args) -> None:
             engines[name] = sparse_engine(task, model, earlier_plan, batch_size)[0]
         # the same dense weights again: how far two identical engines in one process measure apart (noise floor)
         engines["dense again"] = lambda chosen, fixed: fairseq_translate(task, copy_of_dense, chosen, batch_size, fixed)
+        engines["stock fairseq"] = lambda chosen, fixed: fairseq_translate(task, model, chosen, batch_size, fixed,
+                                                                           stock=True)
     else:
         import ctranslate2
         tokens = {i: [task.source_dictionary[t] for t in dataset.src[i].tolist()[:-1]] for i in sources}
@@ -206,8 +215,8 @@ def main():
         refs = [line.rstrip("\n") for line in handle]
     work = tempfile.mkdtemp(prefix="serving-")
     print(f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, beam 5, each engine and setting in a "
-          f"process of its own (fairseq dense, sparse and the same dense weights again interleaved in one, the order "
-          f"rotated each round), median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the "
+          f"process of its own (fairseq dense under the plugin's task, sparse, the same dense weights again, and stock "
+          f"fairseq's translation task interleaved in one, the order rotated each round), median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the "
           "medians, or for engines in its process the median of the rounds' ratios; then the spread of the rounds, "
           "max - min over the median); BLEU of the natural pass; batches of similar source lengths for every engine; "
           "CTranslate2 with N threads runs N batches at a time (inter_threads=N, intra_threads=1), 'ct2 int8 intra' "

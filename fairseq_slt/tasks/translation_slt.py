@@ -10,7 +10,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import fairseq_patches, sparse_inference
+from .. import beamable_attention, fairseq_patches, sparse_inference
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
@@ -130,6 +130,10 @@ class TranslationSLTTask(TranslationTask):
         if self.cfg.sparse_inference:
             self._sparsify(models)
         return super().build_generator(models, args, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        with beamable_attention.generating(generator, models):
+            return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):

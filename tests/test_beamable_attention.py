@@ -1,0 +1,77 @@
+"""Beam search under translation_slt attends to each sentence's encoder output once, and translates exactly as
+stock fairseq does; outside a beam search (training, scoring) the model is untouched."""
+import argparse
+
+import pytest
+import torch
+from fairseq.tasks.translation import TranslationTask
+
+
+@pytest.fixture(scope="module")
+def loaded(data_bin, slt_run):
+    from fairseq import checkpoint_utils
+    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
+    task.load_dataset("test")
+    return task, models[0].eval()
+
+
+def _generate(task, model, step, **options):
+    """Every hypothesis (tokens, score, alignment) of every test sentence, and the batch sizes that the first
+    decoder layer's encoder attention projected keys for."""
+    generator = task.build_generator([model], argparse.Namespace(beam=5, max_len_b=30, **options))
+    projected = []
+    hook = model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(
+        lambda module, inputs, output: projected.append(inputs[0].size(1)))
+    batches = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=16).next_epoch_itr(shuffle=False)
+    results, sentences = {}, []
+    try:
+        with torch.no_grad():
+            for sample in batches:
+                sentences.append(len(sample["id"]))
+                for sentence, hypotheses in zip(sample["id"].tolist(), step(generator, [model], sample)):
+                    results[sentence] = [(h["tokens"].tolist(), h["score"].item(), _pairs(h.get("alignment")))
+                                         for h in hypotheses]
+    finally:
+        hook.remove()
+    return results, projected, sentences
+
+
+def _pairs(alignment):
+    return None if alignment is None else [(int(source), int(target)) for source, target in alignment]
+
+
+def _stock(task):
+    return lambda generator, models, sample: TranslationTask.inference_step(task, generator, models, sample)
+
+
+@pytest.mark.parametrize("alignment", [None, "hard"])
+def test_beam_search_projects_encoder_keys_once_per_sentence_and_translates_as_stock_fairseq(loaded, alignment):
+    task, model = loaded
+    stock, stock_projected, sentences = _generate(task, model, _stock(task), print_alignment=alignment)
+    ours, projected, _ = _generate(task, model, task.inference_step, print_alignment=alignment)
+    assert stock_projected == [5 * n for n in sentences]  # fairseq: once per hypothesis
+    assert projected == sentences  # here: once per sentence
+    assert len(ours) >= 90 and ours.keys() == stock.keys()
+    assert all(bool(h[2]) == bool(alignment) for hypotheses in ours.values() for h in hypotheses)
+    for sentence, hypotheses in stock.items():
+        assert [h[0] for h in ours[sentence]] == [h[0] for h in hypotheses]  # all five, in order
+        assert [h[1] for h in ours[sentence]] == pytest.approx([h[1] for h in hypotheses], abs=1e-5)
+        if alignment:
+            assert [h[2] for h in ours[sentence]] == [h[2] for h in hypotheses]  # (source, target) pairs
+
+
+def test_after_a_generation_training_and_scoring_see_the_model_unchanged(loaded):
+    task, model = loaded
+    sample = next(iter(task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=10).next_epoch_itr(
+        shuffle=False)))  # 10 sentences: two groups of a beam's size
+    scorer = task.build_generator([model], argparse.Namespace(score_reference=True))
+    with torch.no_grad():
+        logits_before = model(**sample["net_input"])[0]
+        scores_before = [h[0]["score"].item() for h in task.inference_step(scorer, [model], sample)]
+        _generate(task, model, task.inference_step)
+        logits_after = model(**sample["net_input"])[0]
+        scores_after = [h[0]["score"].item() for h in task.inference_step(scorer, [model], sample)]
+    assert torch.equal(logits_after, logits_before)
+    assert scores_after == scores_before
+    assert {m.beam_size for m in model.modules() if hasattr(m, "beam_size")} == {1}
