@@ -31,6 +31,8 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
   unknown --prune-method among them) printed fairseq's whole usage, dozens of lines, before the error:
   the error's one line instead, as the plugin's own refusals.
 - fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
+Not installed here but by the task itself: its ``inference_step`` turns on, for one beam search, the beamable
+encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``).
 """
 import argparse
 import inspect

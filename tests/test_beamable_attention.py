@@ -6,6 +6,8 @@ import pytest
 import torch
 from fairseq.tasks.translation import TranslationTask
 
+from fairseq_slt.beamable_attention import MIN_SENTENCES
+
 
 @pytest.fixture(scope="module")
 def loaded(data_bin, slt_run):
@@ -51,7 +53,9 @@ def test_beam_search_projects_encoder_keys_once_per_sentence_and_translates_as_s
     stock, stock_projected, sentences = _generate(task, model, _stock(task), print_alignment=alignment)
     ours, projected, _ = _generate(task, model, task.inference_step, print_alignment=alignment)
     assert stock_projected == [5 * n for n in sentences]  # fairseq: once per hypothesis
-    assert projected == sentences  # here: once per sentence
+    # here: once per sentence, where a batch has enough sentences for it to pay; else as fairseq
+    assert projected == [n if n >= MIN_SENTENCES else 5 * n for n in sentences]
+    assert MIN_SENTENCES in sentences and min(sentences) < MIN_SENTENCES  # both kinds of batch
     assert len(ours) >= 90 and ours.keys() == stock.keys()
     assert all(bool(h[2]) == bool(alignment) for hypotheses in ours.values() for h in hypotheses)
     for sentence, hypotheses in stock.items():

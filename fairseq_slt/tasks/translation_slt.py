@@ -132,7 +132,7 @@ class TranslationSLTTask(TranslationTask):
         return super().build_generator(models, args, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        with beamable_attention.generating(generator, models):
+        with beamable_attention.generating(generator, models, sample):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:
