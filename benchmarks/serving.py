@@ -70,10 +70,10 @@ def fairseq_translate(task, model, sources, batch_size: int, fixed: int, stock: 
     """id -> detokenized hypothesis, in batches of ``batch_size`` sentences of similar source lengths (as
     fairseq-generate batches them, and as CTranslate2 does with max_batch_size); ``stock``: by fairseq's own
     translation task's inference step, not the plugin's."""
-    lengths = dict(max_len_a=0, max_len_b=fixed, min_len=fixed) if fixed else dict(max_len_a=1.2, max_len_b=10)
-    generator = task.build_generator([model], argparse.Namespace(beam=5, **lengths))
     from fairseq.tasks.translation import TranslationTask
 
+    lengths = dict(max_len_a=0, max_len_b=fixed, min_len=fixed) if fixed else dict(max_len_a=1.2, max_len_b=10)
+    generator = task.build_generator([model], argparse.Namespace(beam=5, **lengths))
     step = functools.partial(TranslationTask.inference_step, task) if stock else task.inference_step
     dataset, output = task.dataset("test"), {}
     ordered = sorted(sources, key=lambda i: int(dataset.src_sizes[i]))
@@ -215,9 +215,10 @@ def main():
         refs = [line.rstrip("\n") for line in handle]
     work = tempfile.mkdtemp(prefix="serving-")
     print(f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, beam 5, each engine and setting in a "
-          f"process of its own (fairseq dense under the plugin's task, sparse, the same dense weights again, and stock "
-          f"fairseq's translation task interleaved in one, the order rotated each round), median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the "
-          "medians, or for engines in its process the median of the rounds' ratios; then the spread of the rounds, "
+          "process of its own (fairseq dense under the plugin's task, sparse, the same dense weights again, and stock "
+          "fairseq's translation task interleaved in one, the order rotated each round), "
+          f"median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the medians, or for engines in "
+          "its process the median of the rounds' ratios; then the spread of the rounds, "
           "max - min over the median); BLEU of the natural pass; batches of similar source lengths for every engine; "
           "CTranslate2 with N threads runs N batches at a time (inter_threads=N, intra_threads=1), 'ct2 int8 intra' "
           "one batch at a time on N threads")

@@ -318,7 +318,8 @@ def test_publish_scores_before_it_packs_and_commits_only_a_scored_table_named_by
                                        'while [ $# -gt 0 ]; do [ "$1" != --json ] || cp "$NEW" "$2"; shift; done\n')
     (stubs / "fairseq-slt").chmod(0o755)
     log = tmp_path / "log"
-    variables = dict(os.environ, PATH=f"{stubs}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", LOG=str(log), NEW=str(new), WORK=str(work),
+    variables = dict(os.environ, PATH=f"{stubs}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}", LOG=str(log),
+                     NEW=str(new), WORK=str(work),
                      SEED2_WORK=str(tmp_path / "none"), PUBLISH=str(table), COMMIT_REPO=str(repo), T="3500",
                      R=RECIPE, GENERATE_COMMAND="x", BEAM="5", TGT="de", GIT_AUTHOR_NAME="t",
                      GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")

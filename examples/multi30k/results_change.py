@@ -8,7 +8,8 @@ from fairseq_slt.cli.report import run_namer  # runs named as table.md names the
 
 
 def change(old: dict, new: dict) -> str:
-    name = run_namer([r["run"] for r in old.get("rows", []) + new["rows"] + old.get("unfinished", []) + new["unfinished"]])
+    name = run_namer([r["run"] for r in old.get("rows", []) + new["rows"]
+                      + old.get("unfinished", []) + new["unfinished"]])
 
     old_rows = {r["run"]: r for r in old.get("rows", [])}
     old_unfinished = {u["run"]: u["why"] for u in old.get("unfinished", [])}
