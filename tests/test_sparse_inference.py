@@ -200,6 +200,28 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     assert len(trial.summary()) == 2 and all(("kept" if keep else ": dense") in line for line in trial.summary())
 
 
+def test_one_slow_dense_step_does_not_make_a_slower_plan_win(monkeypatch):
+    """The kernel is 2 ms slower on every call, and the first dense step stalls 100 ms (the machine's noise): the
+    plan's steps take less time in sum but lose 3 of the 4 pairs, and the module stays dense."""
+    model = TwoSteps()
+    plan = sparse_inference.Plan(always=True)
+    trial = sparse_inference.StepTrial(plan, pairs=4)
+    sparse_inference.sparsify(model, plan, trial=trial)
+    sparse, dense, stalls = sparse_inference.SparseLinear.sparse, sparse_inference.SparseLinear.dense, [0.1]
+    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: (time.sleep(0.002),
+                                                                                      sparse(self, x, way))[1])
+    monkeypatch.setattr(sparse_inference.SparseLinear, "dense", lambda self, x: (time.sleep(stalls.pop() if stalls
+                                                                                            else 0), dense(self, x))[1])
+    with torch.no_grad():
+        for _ in range(8):
+            model(torch.randn(4, 256))
+    encoder = ("encoder", 4, torch.get_num_threads())
+    plan_seconds, dense_seconds = (sum(t) for t in trial.trials[encoder])
+    assert plan_seconds < 0.5 * dense_seconds  # the sum alone would keep the slower plan
+    assert trial.choices == {encoder: False, ("decoder", 4, torch.get_num_threads()): False}
+    assert "whole encoder calls, rows <= 4" in trial.summary()[1] and "faster in 1 of 4 pairs" in trial.summary()[1]
+
+
 def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, slt_run):
     dense, _ = _hypotheses(data_bin, slt_run["best"])
     sparse, result = _hypotheses(data_bin, slt_run["best"], "--sparse-inference")
