@@ -36,9 +36,7 @@ CHUNKS = (64, 256)
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
 TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
 STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
-# ... and where they were faster in all pairs of steps but this many: a sum alone is swayed by one slow step (the
-# machine's noise), a count is not; chance alone passes 7 of 8 pairs 3.5 % of the time
-PAIRS_LOST = 1
+# (each side's slowest step left out of its sum: one step the machine stalled cannot decide)
 # larger rows buckets are timed on this many rows: every way works in blocks of at most 256 rows, so its time per
 # row no longer depends on the count there (and timing the encoder's thousands of rows took seconds)
 SAMPLE_ROWS = 512
@@ -139,12 +137,13 @@ def _bucket(rows: int) -> int:
 class StepTrial:
     """Whole steps decide: per (module, rows bucket, threads), ``pairs`` calls run with the plan's choices and
     as many all dense, alternating (the order swapped every pair, so a step cost that grows along a sentence
-    favours neither); the plan is kept where its calls took under ``margin`` of the dense ones' time and it won
-    all pairs but ``lost``, and the module runs dense there otherwise. Time the plan spends timing layers is
-    not counted."""
+    favours neither); the plan is kept where its calls took under ``margin`` of the dense ones' time, each
+    side's slowest call left out, and the module runs dense there otherwise. Calls in a bucket need not be
+    alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. Time the
+    plan spends timing layers is not counted."""
 
-    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN, lost: int = PAIRS_LOST):
-        self.plan, self.pairs, self.margin, self.lost = plan, pairs, margin, lost
+    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN):
+        self.plan, self.pairs, self.margin = plan, pairs, margin
         self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
         self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
         self.calls = {"plan": 0, "dense": 0, "trial": 0}
@@ -183,8 +182,7 @@ class StepTrial:
         times[1 if dense else 0].append(seconds)
         self.calls["trial"] += 1
         if len(times[0]) >= self.pairs and len(times[1]) >= self.pairs:
-            self.choices[key] = (sum(times[0]) < self.margin * sum(times[1])
-                                 and _pairs_won(times) >= self.pairs - self.lost)
+            self.choices[key] = _trimmed(times[0]) < self.margin * _trimmed(times[1])
         return result
 
     def _call(self, call, dense: bool):
@@ -199,17 +197,16 @@ class StepTrial:
     def summary(self) -> List[str]:
         lines = []
         for (name, bucket, threads), keep in sorted(self.choices.items()):
-            plan_s, dense_s = (sum(t) for t in self.trials[(name, bucket, threads)])
+            plan_s, dense_s = (_trimmed(t) for t in self.trials[(name, bucket, threads)])
             lines.append(f"whole {name} calls, rows <= {bucket}, {threads} thread(s): "
                          f"{'the layer choices kept' if keep else 'dense'} (with them at {dense_s / plan_s:.2f}x "
-                         f"dense speed over {self.pairs} calls each, faster in "
-                         f"{_pairs_won(self.trials[(name, bucket, threads)])} of {self.pairs} pairs)")
+                         f"dense speed over {self.pairs} calls each, the slowest of each left out)")
         return lines
 
 
-def _pairs_won(times: List[List[float]]) -> int:
-    """In how many pairs of calls (the i-th with the plan, the i-th dense: neighbours in time) the plan was faster."""
-    return sum(plan < dense for plan, dense in zip(*times))
+def _trimmed(seconds: List[float]) -> float:
+    """The calls' total time without the slowest call."""
+    return sum(seconds) - max(seconds)
 
 
 class SparseLinear(nn.Module):
