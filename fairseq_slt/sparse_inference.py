@@ -205,8 +205,8 @@ class StepTrial:
 
 
 def _trimmed(seconds: List[float]) -> float:
-    """The calls' total time without the slowest call."""
-    return sum(seconds) - max(seconds)
+    """The calls' total time without the slowest call (of two or more)."""
+    return sum(seconds) - (max(seconds) if len(seconds) > 1 else 0)
 
 
 class SparseLinear(nn.Module):
