@@ -15,6 +15,7 @@ module's calls (fairseq's encoder and each decoding step of the decoder) alterna
 choices and all dense, and keeps the plan only where the steps with it are faster; elsewhere that
 module runs dense. Torch only, no fairseq.
 """
+import itertools
 import logging
 import time
 import warnings
@@ -72,7 +73,7 @@ class Plan:
         self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[Optional[Way], float, float]] = {}
         self.calibration_seconds = 0.0
         self.calls = {"sparse": 0, "dense": 0}
-        self.all_dense = False  # set by StepTrial around a step that runs dense
+        self.all_dense = False  # set by StepTrial around a step that runs dense (SparseLinear.forward reads it)
 
     def ways(self, layer: "SparseLinear", bucket: int) -> List[Way]:
         """The ways timed for this layer at this rows bucket: the row-major kernel first (where it is built and
@@ -86,7 +87,7 @@ class Plan:
 
     def way_for(self, layer: "SparseLinear", rows: int) -> Optional[Way]:
         """How this call runs; None: dense."""
-        if self.all_dense or self.always is False:
+        if self.always is False:
             chosen = None
         else:
             chosen = self._decide(layer, rows) if self.always is None else self.ways(layer, _bucket(rows))[0]
@@ -155,8 +156,7 @@ class StepTrial:
         def step(*args, **kwargs):
             if torch.is_grad_enabled():
                 return forward(*args, **kwargs)
-            first = args[0] if args and torch.is_tensor(args[0]) else next(
-                (a for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)), None)
+            first = next((a for a in itertools.chain(args, kwargs.values()) if torch.is_tensor(a)), None)
             if first is None or first.dim() == 0:
                 return forward(*args, **kwargs)
             return self.run(name, first.shape[0], lambda: forward(*args, **kwargs))
@@ -168,13 +168,7 @@ class StepTrial:
         keep = self.choices.get(key)
         if keep is not None:  # decided: nothing timed
             self.calls["plan" if keep else "dense"] += 1
-            if keep:
-                return call()
-            self.plan.all_dense = True
-            try:
-                return call()
-            finally:
-                self.plan.all_dense = False
+            return self._run_as(call, dense=not keep)
         times = self.trials.setdefault(key, [[], []])
         done = len(times[0]) + len(times[1])
         dense = (done % 2 == 0) == ((done // 2) % 2 == 0)  # dense, plan | plan, dense | dense, plan ...
@@ -185,13 +179,17 @@ class StepTrial:
             self.choices[key] = _trimmed(times[0]) < self.margin * _trimmed(times[1])
         return result
 
-    def _call(self, call, dense: bool):
-        before, started = self.plan.calibration_seconds, time.perf_counter()
+    def _run_as(self, call, dense: bool):
         self.plan.all_dense = dense
         try:
-            result = call()
+            return call()
         finally:
             self.plan.all_dense = False
+
+    def _call(self, call, dense: bool):
+        """The call's result and seconds, less what the plan spent timing layers meanwhile."""
+        before, started = self.plan.calibration_seconds, time.perf_counter()
+        result = self._run_as(call, dense)
         return result, time.perf_counter() - started - (self.plan.calibration_seconds - before)
 
     def summary(self) -> List[str]:
