@@ -25,6 +25,7 @@ import copy
 import functools
 import logging
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -91,6 +92,33 @@ def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int):
     results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=batch_size,
                                          **lengths)
     return {i: detokenize(r.hypotheses[0], "sentencepiece") for i, r in zip(sources, results)}
+
+
+def ct2_backends(model_dir: str, env: dict) -> str:
+    """What CTranslate2 runs on under this environment, from its own start-up log: the instruction set and the
+    int8 and float32 GEMM libraries (it picks Intel MKL on Intel CPUs only, unless CT2_USE_MKL says otherwise)."""
+    probe = ("import ctranslate2, logging, sys; ctranslate2.set_log_level(logging.INFO); "
+             "ctranslate2.Translator(sys.argv[1], device='cpu', inter_threads=1, intra_threads=1)")
+    log = subprocess.run([sys.executable, "-c", probe, model_dir], capture_output=True, text=True,
+                         env=dict(os.environ, **env)).stderr
+    found = {key: re.search(pattern, log) for key, pattern in
+             (("ISA", r"Selected ISA: (\S+)"), ("int8 GEMM", r"GEMM_S8 backend: (\S+)"),
+              ("float32 GEMM", r"SGEMM backend: (\S+)"))}
+    return ", ".join(f"{key} {match.group(1) if match else '?'}" for key, match in found.items())
+
+
+def parse_variants(specs) -> dict:
+    """``LABEL:VAR=VALUE[,VAR=VALUE]`` -> {label: {VAR: VALUE}}; one error line for a malformed one."""
+    variants = {}
+    for spec in specs:
+        label, _, assignments = spec.partition(":")
+        pairs = [a.partition("=") for a in assignments.split(",")]
+        if not re.fullmatch(r"[a-z0-9_-]+", label) or label == "intra" or label in variants or \
+                not all(re.fullmatch(r"[A-Z][A-Z0-9_]*", k) and eq and v for k, eq, v in pairs):
+            raise SystemExit(f"error: --ct2-variant {spec!r}: expected LABEL:VAR=VALUE[,VAR=VALUE], a new lowercase "
+                             "label other than 'intra' (e.g. avx512:CT2_FORCE_CPU_ISA=AVX512)")
+        variants[label] = {k: v for k, _, v in pairs}
+    return variants
 
 
 def timed(run):
@@ -197,6 +225,9 @@ def main():
     parser.add_argument("--also-torch-csr", action="store_true",
                         help="also run --sparse-inference with torch's CSR products only (no row-major kernel)")
     parser.add_argument("--no-ct2", action="store_true", help="fairseq engines only")
+    parser.add_argument("--ct2-variant", action="append", default=[], metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+                        help="also run CTranslate2 int8 with these environment variables, as the engine 'ct2 int8 "
+                             "LABEL' (e.g. avx512:CT2_FORCE_CPU_ISA=AVX512 or mkl:CT2_USE_MKL=1); repeatable")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,6 +238,9 @@ def main():
     labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoints]
     if len(labels) != len(args.checkpoints):
         raise SystemExit(f"error: --labels names {len(labels)} models for {len(args.checkpoints)} checkpoints")
+    # engine name -> its environment: CTranslate2 as installed, then int8 under each --ct2-variant
+    ct2_envs = {} if args.no_ct2 else {"ct2": {}, **{f"ct2 int8 {label}": env for label, env in
+                                                     parse_variants(args.ct2_variant).items()}}
     import ctranslate2
     from sacrebleu.metrics import BLEU
 
@@ -236,11 +270,14 @@ def main():
             print(f"# {label}: {100 * zeros:.1f} % zeros in weight matrices; checkpoint "
                   f"{os.path.getsize(checkpoint) / 1e6:.2f} MB" + "".join(
                       f", ct2 {q} {size / 1e6:.2f} MB" for q, size in sizes.items()), flush=True)
+            for name, env in ct2_envs.items():
+                print(f"# {name}: {ct2_backends(translators['int8'], env)}", flush=True)
             trials = []
             for batch_size in args.batch_sizes:
                 for threads in args.threads:
                     base = None
-                    ct2 = ("ct2 float32", "ct2 int8") + (("ct2 int8 intra",) if threads > 1 else ())
+                    ct2 = ("ct2 float32", "ct2 int8") + (("ct2 int8 intra",) if threads > 1 else ()) + tuple(
+                        name for name in ct2_envs if name != "ct2")
                     ct2 = () if args.no_ct2 else ct2
                     for worker_name in ("fairseq",) + ct2:
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
@@ -251,8 +288,8 @@ def main():
                                    *(["--also-torch-csr"] if args.also_torch_csr else [])]
                         if worker_name.startswith("ct2"):
                             command += ["--ct2-model", translators[worker_name.split()[1]]]
-                        done = subprocess.run(command, capture_output=True, text=True,
-                                              env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                        done = subprocess.run(command, capture_output=True, text=True, env=dict(
+                            os.environ, OMP_NUM_THREADS=str(threads), **ct2_envs.get(worker_name, {})))
                         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
                         if line is None:
                             raise SystemExit(f"{worker_name} failed: {done.stderr[-2000:]}")
