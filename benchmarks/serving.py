@@ -37,7 +37,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from fairseq_slt import sparse_inference  # noqa: E402
+from fairseq_slt import sparse_inference, step_trial  # noqa: E402
 from fairseq_slt.cli.export_ct2 import _folder_bytes, detokenize  # noqa: E402
 from fairseq_slt.pruning import magnitude_mask, safe_load  # noqa: E402
 from fairseq_slt.pruning.io import atomic_save  # noqa: E402
@@ -139,7 +139,7 @@ def export(checkpoint: str, data: str, quantization: str, folder: str) -> str:
 def sparse_engine(task, model, plan, batch_size):
     """A copy of the model under --sparse-inference with this plan (layer plan, then the whole-step trial):
     the engine and the trial."""
-    sparse, trial = copy.deepcopy(model), sparse_inference.StepTrial(plan)
+    sparse, trial = copy.deepcopy(model), step_trial.StepTrial(plan)
     sparse_inference.sparsify(sparse, plan, trial=trial)
     return (lambda chosen, fixed: fairseq_translate(task, sparse, chosen, batch_size, fixed)), trial
 

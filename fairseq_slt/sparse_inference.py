@@ -10,12 +10,9 @@ measures it: the first time a (shape, density, rows bucket, threads) combination
 every way on an input of that size and remembers the fastest.  Rows are bucketed by powers of two.
 
 A layer timed alone does not see what a whole step costs (caches, the thread pools of two kernels, the
-copies around them), so the layers' choices are then checked by whole steps: ``StepTrial`` runs a
-module's calls (fairseq's encoder and each decoding step of the decoder) alternately with the plan's
-choices and all dense, and keeps the plan only where the steps with it are faster; elsewhere that
-module runs dense. Torch only, no fairseq.
+copies around them), so the layers' choices are then checked by whole steps (``step_trial.StepTrial``, which
+``sparsify`` wraps around fairseq's encoder and decoder). Torch only, no fairseq.
 """
-import itertools
 import logging
 import time
 import warnings
@@ -35,9 +32,6 @@ MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros,
 # AMX, blocks of 64 were up to 24 % faster than 256 at 320 and 1000 rows for 512x512 to 4008x512 (csr_layout.py)
 CHUNKS = (64, 256)
 MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (noise stays dense)
-TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
-STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
-# (each side's slowest step left out of its sum: one step the machine stalled cannot decide)
 # larger rows buckets are timed on this many rows: every way works in blocks of at most 256 rows, so its time per
 # row no longer depends on the count there (and timing the encoder's thousands of rows took seconds)
 SAMPLE_ROWS = 512
@@ -73,7 +67,7 @@ class Plan:
         self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[Optional[Way], float, float]] = {}
         self.calibration_seconds = 0.0
         self.calls = {"sparse": 0, "dense": 0}
-        self.all_dense = False  # set by StepTrial around a step that runs dense (SparseLinear.forward reads it)
+        self.all_dense = False  # set by step_trial.StepTrial around a step that runs dense (SparseLinear.forward reads it)
 
     def ways(self, layer: "SparseLinear", bucket: int) -> List[Way]:
         """The ways timed for this layer at this rows bucket: the row-major kernel first (where it is built and
@@ -90,12 +84,12 @@ class Plan:
         if self.always is False:
             chosen = None
         else:
-            chosen = self._decide(layer, rows) if self.always is None else self.ways(layer, _bucket(rows))[0]
+            chosen = self._decide(layer, rows) if self.always is None else self.ways(layer, rows_bucket(rows))[0]
         self.calls["dense" if chosen is None else "sparse"] += 1
         return chosen
 
     def _decide(self, layer: "SparseLinear", rows: int) -> Optional[Way]:
-        bucket = _bucket(rows)
+        bucket = rows_bucket(rows)
         key = layer.plan_key + (bucket, torch.get_num_threads())
         if key not in self.decisions:
             started = time.perf_counter()
@@ -131,80 +125,8 @@ class Plan:
         return lines
 
 
-def _bucket(rows: int) -> int:
+def rows_bucket(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
-
-
-class StepTrial:
-    """Whole steps decide: per (module, rows bucket, threads), ``pairs`` calls run with the plan's choices and
-    as many all dense, alternating (the order swapped every pair, so a step cost that grows along a sentence
-    favours neither); the plan is kept where its calls took under ``margin`` of the dense ones' time, each
-    side's slowest call left out, and the module runs dense there otherwise. Calls in a bucket need not be
-    alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. Time the
-    plan spends timing layers is not counted."""
-
-    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN):
-        self.plan, self.pairs, self.margin = plan, pairs, margin
-        self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
-        self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
-        self.calls = {"plan": 0, "dense": 0, "trial": 0}
-
-    def wrap(self, module: nn.Module, name: str) -> None:
-        """Replace ``module.forward`` (on the instance) by a timed one; rows: its first tensor's first dimension."""
-        forward = module.forward
-
-        def step(*args, **kwargs):
-            if torch.is_grad_enabled():
-                return forward(*args, **kwargs)
-            first = next((a for a in itertools.chain(args, kwargs.values()) if torch.is_tensor(a)), None)
-            if first is None or first.dim() == 0:
-                return forward(*args, **kwargs)
-            return self.run(name, first.shape[0], lambda: forward(*args, **kwargs))
-
-        module.forward = step
-
-    def run(self, name: str, rows: int, call):
-        key = (name, _bucket(rows), torch.get_num_threads())
-        keep = self.choices.get(key)
-        if keep is not None:  # decided: nothing timed
-            self.calls["plan" if keep else "dense"] += 1
-            return self._run_as(call, dense=not keep)
-        times = self.trials.setdefault(key, [[], []])
-        done = len(times[0]) + len(times[1])
-        dense = (done % 2 == 0) == ((done // 2) % 2 == 0)  # dense, plan | plan, dense | dense, plan ...
-        result, seconds = self._call(call, dense)
-        times[1 if dense else 0].append(seconds)
-        self.calls["trial"] += 1
-        if len(times[0]) >= self.pairs and len(times[1]) >= self.pairs:
-            self.choices[key] = _trimmed(times[0]) < self.margin * _trimmed(times[1])
-        return result
-
-    def _run_as(self, call, dense: bool):
-        self.plan.all_dense = dense
-        try:
-            return call()
-        finally:
-            self.plan.all_dense = False
-
-    def _call(self, call, dense: bool):
-        """The call's result and seconds, less what the plan spent timing layers meanwhile."""
-        before, started = self.plan.calibration_seconds, time.perf_counter()
-        result = self._run_as(call, dense)
-        return result, time.perf_counter() - started - (self.plan.calibration_seconds - before)
-
-    def summary(self) -> List[str]:
-        lines = []
-        for (name, bucket, threads), keep in sorted(self.choices.items()):
-            plan_s, dense_s = (_trimmed(t) for t in self.trials[(name, bucket, threads)])
-            lines.append(f"whole {name} calls, rows <= {bucket}, {threads} thread(s): "
-                         f"{'the layer choices kept' if keep else 'dense'} (with them at {dense_s / plan_s:.2f}x "
-                         f"dense speed over {self.pairs} calls each, the slowest of each left out)")
-        return lines
-
-
-def _trimmed(seconds: List[float]) -> float:
-    """The calls' total time without the slowest call (of two or more)."""
-    return sum(seconds) - (max(seconds) if len(seconds) > 1 else 0)
 
 
 class SparseLinear(nn.Module):
@@ -269,9 +191,9 @@ def csr_of(weight: torch.Tensor) -> torch.Tensor:
 
 
 def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY,
-             trial: Optional[StepTrial] = None, prefix: str = "") -> List[str]:
+             trial=None, prefix: str = "") -> List[str]:
     """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names.
-    ``trial``: each direct child of the model that holds a replaced layer (fairseq's encoder and decoder)
+    ``trial`` (a ``step_trial.StepTrial``): each direct child of the model that holds a replaced layer (fairseq's encoder and decoder)
     becomes a step it checks (named ``prefix`` + its name: one prefix per model of an ensemble)."""
     targets = []
     for parent_name, parent in model.named_modules():

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import train
-from fairseq_slt import csr_kernel, sparse_inference
+from fairseq_slt import csr_kernel, sparse_inference, step_trial
 from test_compact import _hypotheses
 
 
@@ -180,7 +180,7 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     """The plan says sparse for every layer; a whole step decides. A kernel made 3 ms slower loses."""
     model = TwoSteps()
     plan = sparse_inference.Plan(always=True)
-    trial = sparse_inference.StepTrial(plan, pairs=4)
+    trial = step_trial.StepTrial(plan, pairs=4)
     assert sorted(sparse_inference.sparsify(model, plan, trial=trial)) == ["decoder.0", "decoder.1", "encoder"]
     kernel = getattr(sparse_inference.SparseLinear, slower)
     monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x, *way: (time.sleep(0.003), kernel(self, x, *way))[1])
@@ -206,7 +206,7 @@ def test_one_slow_dense_step_does_not_make_a_slower_plan_win(monkeypatch):
     dense."""
     model = TwoSteps()
     plan = sparse_inference.Plan(always=True)
-    trial = sparse_inference.StepTrial(plan, pairs=4)
+    trial = step_trial.StepTrial(plan, pairs=4)
     sparse_inference.sparsify(model, plan, trial=trial)
     sparse, dense, stalls = sparse_inference.SparseLinear.sparse, sparse_inference.SparseLinear.dense, [0.1]
     monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: (time.sleep(0.002),
@@ -229,7 +229,7 @@ def test_calls_of_two_sizes_in_one_bucket_keep_a_faster_plan(monkeypatch):
     takes longer than the 5-row dense call beside it in half the pairs. It is kept."""
     model = TwoSteps()
     plan = sparse_inference.Plan(always=True)
-    trial = sparse_inference.StepTrial(plan, pairs=4)
+    trial = step_trial.StepTrial(plan, pairs=4)
     sparse_inference.sparsify(model, plan, trial=trial)
     sparse, dense = sparse_inference.SparseLinear.sparse, sparse_inference.SparseLinear.dense
     monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: (

@@ -10,7 +10,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import beamable_attention, fairseq_patches, sparse_inference
+from .. import beamable_attention, fairseq_patches, sparse_inference, step_trial
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
@@ -139,7 +139,7 @@ class TranslationSLTTask(TranslationTask):
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):
             raise user_exit("--sparse-inference runs on CPU only (add --cpu)")
         plan = sparse_inference.Plan()
-        trial = sparse_inference.StepTrial(plan)
+        trial = step_trial.StepTrial(plan)
         atexit.register(lambda: [logger.info(f"--sparse-inference: {line}")
                                  for line in plan.summary() + trial.summary()])
         for index, model in enumerate(models):

@@ -1,0 +1,91 @@
+"""Whole steps decide whether a module runs with the layer plan's choices or dense.
+
+A layer timed alone (``sparse_inference.Plan``) does not see what a whole step costs: caches, the thread pools
+of two kernels, the copies around them. ``StepTrial`` therefore runs a module's calls (fairseq's encoder, and
+each decoding step of the decoder) alternately with the plan's choices and all dense, and keeps the plan only
+where the steps with it are faster; elsewhere that module runs dense. Torch only, no fairseq.
+"""
+import itertools
+import time
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from .sparse_inference import Plan, rows_bucket
+
+TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
+STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
+# (each side's slowest step left out of its sum: one step the machine stalled cannot decide)
+
+
+class StepTrial:
+    """Whole steps decide: per (module, rows bucket, threads), ``pairs`` calls run with the plan's choices and
+    as many all dense, alternating (the order swapped every pair, so a step cost that grows along a sentence
+    favours neither); the plan is kept where its calls took under ``margin`` of the dense ones' time, each
+    side's slowest call left out, and the module runs dense there otherwise. Calls in a bucket need not be
+    alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. Time the
+    plan spends timing layers is not counted."""
+
+    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN):
+        self.plan, self.pairs, self.margin = plan, pairs, margin
+        self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
+        self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
+        self.calls = {"plan": 0, "dense": 0, "trial": 0}
+
+    def wrap(self, module: nn.Module, name: str) -> None:
+        """Replace ``module.forward`` (on the instance) by a timed one; rows: its first tensor's first dimension."""
+        forward = module.forward
+
+        def step(*args, **kwargs):
+            if torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            first = next((a for a in itertools.chain(args, kwargs.values()) if torch.is_tensor(a)), None)
+            if first is None or first.dim() == 0:
+                return forward(*args, **kwargs)
+            return self.run(name, first.shape[0], lambda: forward(*args, **kwargs))
+
+        module.forward = step
+
+    def run(self, name: str, rows: int, call):
+        key = (name, rows_bucket(rows), torch.get_num_threads())
+        keep = self.choices.get(key)
+        if keep is not None:  # decided: nothing timed
+            self.calls["plan" if keep else "dense"] += 1
+            return self._run_as(call, dense=not keep)
+        times = self.trials.setdefault(key, [[], []])
+        done = len(times[0]) + len(times[1])
+        dense = (done % 2 == 0) == ((done // 2) % 2 == 0)  # dense, plan | plan, dense | dense, plan ...
+        result, seconds = self._call(call, dense)
+        times[1 if dense else 0].append(seconds)
+        self.calls["trial"] += 1
+        if len(times[0]) >= self.pairs and len(times[1]) >= self.pairs:
+            self.choices[key] = _trimmed(times[0]) < self.margin * _trimmed(times[1])
+        return result
+
+    def _run_as(self, call, dense: bool):
+        self.plan.all_dense = dense
+        try:
+            return call()
+        finally:
+            self.plan.all_dense = False
+
+    def _call(self, call, dense: bool):
+        """The call's result and seconds, less what the plan spent timing layers meanwhile."""
+        before, started = self.plan.calibration_seconds, time.perf_counter()
+        result = self._run_as(call, dense)
+        return result, time.perf_counter() - started - (self.plan.calibration_seconds - before)
+
+    def summary(self) -> List[str]:
+        lines = []
+        for (name, bucket, threads), keep in sorted(self.choices.items()):
+            plan_s, dense_s = (_trimmed(t) for t in self.trials[(name, bucket, threads)])
+            lines.append(f"whole {name} calls, rows <= {bucket}, {threads} thread(s): "
+                         f"{'the layer choices kept' if keep else 'dense'} (with them at {dense_s / plan_s:.2f}x "
+                         f"dense speed over {self.pairs} calls each, the slowest of each left out)")
+        return lines
+
+
+def _trimmed(seconds: List[float]) -> float:
+    """The calls' total time without the slowest call (of two or more)."""
+    return sum(seconds) - (max(seconds) if len(seconds) > 1 else 0)
