@@ -38,6 +38,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from fairseq_slt import sparse_inference, step_trial  # noqa: E402
+from fairseq_slt.cli import ct2_runtime  # noqa: E402
 from fairseq_slt.cli.export_ct2 import _folder_bytes, detokenize  # noqa: E402
 from fairseq_slt.pruning import magnitude_mask, safe_load  # noqa: E402
 from fairseq_slt.pruning.io import atomic_save  # noqa: E402
@@ -92,19 +93,6 @@ def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int):
     results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=batch_size,
                                          **lengths)
     return {i: detokenize(r.hypotheses[0], "sentencepiece") for i, r in zip(sources, results)}
-
-
-def ct2_backends(model_dir: str, env: dict) -> str:
-    """What CTranslate2 runs on under this environment, from its own start-up log: the instruction set and the
-    int8 and float32 GEMM libraries (it picks Intel MKL on Intel CPUs only, unless CT2_USE_MKL says otherwise)."""
-    probe = ("import ctranslate2, logging, sys; ctranslate2.set_log_level(logging.INFO); "
-             "ctranslate2.Translator(sys.argv[1], device='cpu', inter_threads=1, intra_threads=1)")
-    log = subprocess.run([sys.executable, "-c", probe, model_dir], capture_output=True, text=True,
-                         env=dict(os.environ, **env)).stderr
-    found = {key: re.search(pattern, log) for key, pattern in
-             (("ISA", r"Selected ISA: (\S+)"), ("int8 GEMM", r"GEMM_S8 backend: (\S+)"),
-              ("float32 GEMM", r"SGEMM backend: (\S+)"))}
-    return ", ".join(f"{key} {match.group(1) if match else '?'}" for key, match in found.items())
 
 
 def parse_variants(specs) -> dict:
@@ -271,7 +259,9 @@ def main():
                   f"{os.path.getsize(checkpoint) / 1e6:.2f} MB" + "".join(
                       f", ct2 {q} {size / 1e6:.2f} MB" for q, size in sizes.items()), flush=True)
             for name, env in ct2_envs.items():
-                print(f"# {name}: {ct2_backends(translators['int8'], env)}", flush=True)
+                found = ct2_runtime.runtime(translators["int8"], env)
+                print(f"# {name}: ISA {found['isa']}, int8 GEMM {found['int8_gemm']}, float32 GEMM "
+                      f"{found['float32_gemm']}", flush=True)
             trials = []
             for batch_size in args.batch_sizes:
                 for threads in args.threads:

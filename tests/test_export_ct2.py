@@ -6,6 +6,7 @@ import os
 import pytest
 
 from conftest import run_tool, tool_path, train
+from fairseq_slt.cli import ct2_runtime
 
 ctranslate2 = pytest.importorskip("ctranslate2")  # installed by scripts/setup_env.sh (extra 'ct2')
 
@@ -72,6 +73,10 @@ def test_int8_export_reports_bleu_and_a_failed_check_writes_nothing(trained, tmp
     summary = export(trained["checkpoint"], out).stdout
     assert "CTranslate2 int8 model" in summary and "BLEU fairseq" in summary and os.path.isdir(out)
     assert f"serve it: ctranslate2.Translator({out!r}, device='cpu', inter_threads=<cores>, intra_threads=1)" in summary
+    # what CTranslate2 runs on here, read from its own log: what this machine chose, and a forced choice
+    found = ct2_runtime.runtime(out)
+    assert f"here CTranslate2 runs {found['isa']} code, int8 products by {found['int8_gemm']}" in summary
+    assert "?" not in found.values() and ct2_runtime.runtime(out, {"CT2_FORCE_CPU_ISA": "GENERIC"})["isa"] == "GENERIC"
     # a drop limit no model can meet: refused after the check, and OUT_DIR is not made
     refused = export(trained["checkpoint"], str(tmp_path / "never"), "--max-bleu-drop",
                        "-100", check=False)
@@ -111,3 +116,14 @@ def test_without_ctranslate2_one_line_says_how_to_install_it(trained, tmp_path):
                       extra_env={"PYTHONPATH": str(tmp_path / "blocker")})
     _one_line(result, 2, "ctranslate2 is not installed", "pip install 'fairseq-slt[ct2]'")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_avx512_advice_only_where_ctranslate2_leaves_it_unused(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512f avx512dq avx512bw avx512vl\n")
+    flags, advice = ct2_runtime.cpu_flags(str(cpuinfo)), ct2_runtime.isa_advice
+    assert "CT2_FORCE_CPU_ISA=AVX512" in advice("AVX2", flags, {})
+    assert advice("AVX512", flags, {}) is None  # chosen by itself (an Intel CPU)
+    assert advice("AVX2", flags, {"CT2_FORCE_CPU_ISA": "AVX2"}) is None  # the server already chose
+    assert advice("AVX2", flags - {"avx512bw"}, {}) is None and advice("AVX2", set(), {}) is None
+    assert ct2_runtime.cpu_flags(str(tmp_path / "absent")) == set()

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from ..checkpoints import Checkpoint
+from . import ct2_runtime
 from ..pruning import Failure, UserError, allow_fairseq_globals, atomic_save, atomic_write_json
 from .scoring import generate, score_texts
 
@@ -96,6 +97,8 @@ def run(args) -> dict:
                   "convert_seconds": round(time.time() - started, 1), "bytes": _folder_bytes(converted)}
         if not args.no_verify:
             report["verify"] = verify(ctranslate2, args, converted, model_args)
+        report["runtime"] = ct2_runtime.runtime(converted)
+        report["advice"] = ct2_runtime.isa_advice(report["runtime"]["isa"], ct2_runtime.cpu_flags(), os.environ)
         _move_into_place(converted, args.output)
         if args.json:
             atomic_write_json(report, args.json)
@@ -229,4 +232,10 @@ def summary(report: dict) -> str:
     # on CPU CTranslate2 serves fastest with one thread a batch and a batch per core (docs/deployment.md)
     lines.append(f"  serve it: ctranslate2.Translator({report['output']!r}, device='cpu', inter_threads=<cores>, "
                  "intra_threads=1).translate_batch(sentences, beam_size=5, max_batch_size=64)")
+    found = report.get("runtime")
+    if found:
+        lines.append(f"  here CTranslate2 runs {found['isa']} code, int8 products by {found['int8_gemm']} and float32 "
+                     f"products by {found['float32_gemm']}")
+    if report.get("advice"):
+        lines.append(f"  {report['advice']}")
     return "\n".join(lines)
