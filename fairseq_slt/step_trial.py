@@ -7,7 +7,7 @@ where the steps with it are faster; elsewhere that module runs dense. Torch only
 """
 import itertools
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -27,8 +27,10 @@ class StepTrial:
     alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. Time the
     plan spends timing layers is not counted."""
 
-    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN):
-        self.plan, self.pairs, self.margin = plan, pairs, margin
+    def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN,
+                 clock: Callable[[], float] = time.perf_counter):
+        """``clock``: seconds, read before and after each timed call (tests pass one whose time they set)."""
+        self.plan, self.pairs, self.margin, self.clock = plan, pairs, margin, clock
         self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
         self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
         self.calls = {"plan": 0, "dense": 0, "trial": 0}
@@ -72,9 +74,9 @@ class StepTrial:
 
     def _call(self, call, dense: bool):
         """The call's result and seconds, less what the plan spent timing layers meanwhile."""
-        before, started = self.plan.calibration_seconds, time.perf_counter()
+        before, started = self.plan.calibration_seconds, self.clock()
         result = self._run_as(call, dense)
-        return result, time.perf_counter() - started - (self.plan.calibration_seconds - before)
+        return result, self.clock() - started - (self.plan.calibration_seconds - before)
 
     def summary(self) -> List[str]:
         lines = []

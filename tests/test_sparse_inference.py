@@ -200,19 +200,37 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     assert len(trial.summary()) == 2 and all(("kept" if keep else ": dense") in line for line in trial.summary())
 
 
+class VirtualClock:
+    """Time that passes only when a patched layer spends it: the trial sees exactly the costs a test sets, however
+    loaded the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def costs(self, monkeypatch, sparse, dense):
+        """SparseLinear's products still compute, and spend sparse(rows) / dense(rows) seconds of this clock."""
+        kernels = sparse_inference.SparseLinear.sparse, sparse_inference.SparseLinear.dense
+        monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda layer, x, way: (
+            self._spend(sparse(x.shape[0])), kernels[0](layer, x, way))[1])
+        monkeypatch.setattr(sparse_inference.SparseLinear, "dense", lambda layer, x: (
+            self._spend(dense(x.shape[0])), kernels[1](layer, x))[1])
+
+    def _spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_one_slow_dense_step_does_not_make_a_slower_plan_win(monkeypatch):
     """The kernel is 2 ms slower on every call, and the first dense step stalls 100 ms (the machine's noise): the
     plan's steps take less time in sum, but not with each side's slowest step left out, and the module stays
     dense."""
-    model = TwoSteps()
-    plan = sparse_inference.Plan(always=True)
-    trial = step_trial.StepTrial(plan, pairs=4)
+    model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
+    trial = step_trial.StepTrial(plan, pairs=4, clock=clock)
     sparse_inference.sparsify(model, plan, trial=trial)
-    sparse, dense, stalls = sparse_inference.SparseLinear.sparse, sparse_inference.SparseLinear.dense, [0.1]
-    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: (time.sleep(0.002),
-                                                                                      sparse(self, x, way))[1])
-    monkeypatch.setattr(sparse_inference.SparseLinear, "dense", lambda self, x: (time.sleep(stalls.pop() if stalls
-                                                                                            else 0), dense(self, x))[1])
+    stalls = [0.1]
+    clock.costs(monkeypatch, sparse=lambda rows: 0.003, dense=lambda rows: 0.001 + (stalls.pop() if stalls else 0))
     with torch.no_grad():
         for _ in range(8):
             model(torch.randn(4, 256))
@@ -227,15 +245,10 @@ def test_calls_of_two_sizes_in_one_bucket_keep_a_faster_plan(monkeypatch):
     """Batches of 5 and 8 rows alternate (as the encoder's batches differ in length), and every layer takes 1 ms
     a row dense and 0.77 ms with the plan: the plan is 1.3x faster on each call, though an 8-row call with it
     takes longer than the 5-row dense call beside it in half the pairs. It is kept."""
-    model = TwoSteps()
-    plan = sparse_inference.Plan(always=True)
-    trial = step_trial.StepTrial(plan, pairs=4)
+    model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
+    trial = step_trial.StepTrial(plan, pairs=4, clock=clock)
     sparse_inference.sparsify(model, plan, trial=trial)
-    sparse, dense = sparse_inference.SparseLinear.sparse, sparse_inference.SparseLinear.dense
-    monkeypatch.setattr(sparse_inference.SparseLinear, "sparse", lambda self, x, way: (
-        time.sleep(0.00077 * x.shape[0]), sparse(self, x, way))[1])
-    monkeypatch.setattr(sparse_inference.SparseLinear, "dense", lambda self, x: (
-        time.sleep(0.001 * x.shape[0]), dense(self, x))[1])
+    clock.costs(monkeypatch, sparse=lambda rows: 0.00077 * rows, dense=lambda rows: 0.001 * rows)
     with torch.no_grad():
         for rows in [5, 8] * 4:
             model(torch.randn(rows, 256))

@@ -16,8 +16,8 @@ import tempfile
 import time
 
 from ..checkpoints import Checkpoint
-from . import ct2_runtime
 from ..pruning import Failure, UserError, allow_fairseq_globals, atomic_save, atomic_write_json
+from . import ct2_runtime
 from .scoring import generate, score_texts
 
 MAX_LENGTH = 200  # fairseq-generate's default --max-len-b, with --max-len-a 0
