@@ -67,7 +67,7 @@ class Plan:
         self.decisions: Dict[Tuple[int, int, int, int, int], Tuple[Optional[Way], float, float]] = {}
         self.calibration_seconds = 0.0
         self.calls = {"sparse": 0, "dense": 0}
-        self.all_dense = False  # set by step_trial.StepTrial around a step that runs dense (SparseLinear.forward reads it)
+        self.all_dense = False  # set by StepTrial around a step that runs dense (SparseLinear.forward reads it)
 
     def ways(self, layer: "SparseLinear", bucket: int) -> List[Way]:
         """The ways timed for this layer at this rows bucket: the row-major kernel first (where it is built and
@@ -193,8 +193,9 @@ def csr_of(weight: torch.Tensor) -> torch.Tensor:
 def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY,
              trial=None, prefix: str = "") -> List[str]:
     """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names.
-    ``trial`` (a ``step_trial.StepTrial``): each direct child of the model that holds a replaced layer (fairseq's encoder and decoder)
-    becomes a step it checks (named ``prefix`` + its name: one prefix per model of an ensemble)."""
+    ``trial`` (a ``step_trial.StepTrial``): each direct child of the model that holds a replaced layer (fairseq's
+    encoder and decoder) becomes a step it checks (named ``prefix`` + its name: one prefix per model of an
+    ensemble)."""
     targets = []
     for parent_name, parent in model.named_modules():
         for child_name, child in parent.named_children():

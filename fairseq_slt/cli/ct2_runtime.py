@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Dict, Mapping, Optional, Set
 
-AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}  # the AVX-512 subsets x86 compilers' AVX-512 code assumes
+AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}  # what every AVX-512 server CPU has (Skylake-SP, Zen 4 on)
 PROBE = ("import ctranslate2, logging, sys; ctranslate2.set_log_level(logging.INFO); "
          "ctranslate2.Translator(sys.argv[1], device='cpu', inter_threads=1, intra_threads=1)")
 FIELDS = {"isa": r"Selected ISA: (\S+)", "int8_gemm": r"GEMM_S8 backend: (\S+)",
