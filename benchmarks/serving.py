@@ -9,8 +9,8 @@ one-shot) is translated by every engine at each batch size and thread count, twi
 Each engine and setting runs in a process of its own (two engines' thread pools in one process slow each
 other down): fairseq's SequenceGenerator after prepare_for_inference_, as fairseq-generate; --sparse-inference
 as the plugin applies it (the layer plan, then the whole-step trial); CTranslate2 from `fairseq-slt
-export-ct2 --no-verify` folders (with N threads: N batches at a time, one thread each, as it serves best;
-'ct2 int8 intra' is one batch at a time on N threads); every engine batches sentences of similar source
+export-ct2 --no-verify` folders (with N threads: N workers of one thread each, as it serves best, each batch
+shared out among them; 'ct2 int8 intra' is one batch at a time on N threads); every engine batches sentences of similar source
 lengths, as fairseq-generate and CTranslate2's max_batch_size do. "fairseq dense" is fairseq-generate under
 the plugin's task (its beam search attends to each sentence's encoder output once: ``beamable_attention``);
 "stock fairseq" the same weights through fairseq's own translation task. fairseq dense, sparse, a second copy
@@ -88,10 +88,12 @@ def fairseq_translate(task, model, sources, batch_size: int, fixed: int, stock: 
 
 
 def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int):
+    """With N workers (inter_threads) each batch is shared out: N batches of batch_size / N sentences at a time
+    (at batch 1: N sentences at a time, one a worker)."""
     lengths = dict(min_decoding_length=fixed, max_decoding_length=fixed) if fixed else \
         dict(max_decoding_length=max(int(1.2 * max(len(tokens[i]) for i in sources)) + 10, 16))
-    results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=batch_size,
-                                         **lengths)
+    share = -(-batch_size // translator.num_translators)
+    results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=share, **lengths)
     return {i: detokenize(r.hypotheses[0], "sentencepiece") for i, r in zip(sources, results)}
 
 
@@ -163,9 +165,10 @@ def worker(args) -> None:
     else:
         import ctranslate2
         tokens = {i: [task.source_dictionary[t] for t in dataset.src[i].tolist()[:-1]] for i in sources}
-        # "ct2 <precision>": as CTranslate2 serves best with N cores, N batches at a time on one thread each
-        # (inter_threads); "... intra": one batch at a time on N threads, which is 2-20x slower than one thread on
-        # the 2-vCPU machine of docs/benchmarks (the threads' synchronisation costs more than the work it shares)
+        # "ct2 <precision>": as CTranslate2 serves best with N cores, N workers of one thread (inter_threads), each
+        # batch shared out among them; "... intra": one batch at a time on N threads, which is 2-20x slower than
+        # one thread on the 2-vCPU machine of docs/benchmarks (the threads' synchronisation costs more than the
+        # work it shares)
         intra, threads = args.worker.endswith(" intra"), args.threads[0]
         translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1 if intra else threads,
                                             intra_threads=threads if intra else 1)
@@ -242,8 +245,9 @@ def main():
           f"median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the medians, or for engines in "
           "its process the median of the rounds' ratios; then the spread of the rounds, "
           "max - min over the median); BLEU of the natural pass; batches of similar source lengths for every engine; "
-          "CTranslate2 with N threads runs N batches at a time (inter_threads=N, intra_threads=1), 'ct2 int8 intra' "
-          "one batch at a time on N threads")
+          "CTranslate2 with N threads: N workers of one thread (inter_threads=N, intra_threads=1), each batch shared "
+          "out among them (N batches of batch/N sentences at a time; at batch 1 N sentences at a time), 'ct2 int8 "
+          "intra' one batch at a time on N threads")
     print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
           f"{'BLEU':>6}")
     try:
