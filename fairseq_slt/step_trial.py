@@ -14,7 +14,12 @@ from torch import nn
 
 from .sparse_inference import Plan, rows_bucket
 
-TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed
+TRIAL_PAIRS = 8  # whole steps timed in each mode per (module, rows bucket, threads) before the choice is fixed,
+# at the least; more where they are short: each mode's steps take TRIAL_SECONDS in all, or TRIAL_PAIRS_MAX pairs
+# ran (the demo model's decoding steps at batch 1 take ~1.4 ms: 8 pairs of them sent its whole run dense in 2 of 4
+# fresh engines, where its plan kept was 1.09x dense; ~20 pairs kept it in 4 of 4)
+TRIAL_SECONDS = 0.03
+TRIAL_PAIRS_MAX = 64
 STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
 # (each side's slowest step left out of its sum: one step the machine stalled cannot decide)
 
@@ -24,13 +29,16 @@ class StepTrial:
     as many all dense, alternating (the order swapped every pair, so a step cost that grows along a sentence
     favours neither); the plan is kept where its calls took under ``margin`` of the dense ones' time, each
     side's slowest call left out, and the module runs dense there otherwise. Calls in a bucket need not be
-    alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. Time the
-    plan spends timing layers is not counted."""
+    alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. A call in
+    which the plan timed layers is not counted at all (it ran on caches the timing had filled: a bias against
+    the plan); short calls are timed until each mode's add up to ``seconds`` (or ``max_pairs`` pairs ran)."""
 
     def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, seconds: float = TRIAL_SECONDS,
+                 max_pairs: int = TRIAL_PAIRS_MAX):
         """``clock``: seconds, read before and after each timed call (tests pass one whose time they set)."""
         self.plan, self.pairs, self.margin, self.clock = plan, pairs, margin, clock
+        self.seconds, self.max_pairs = seconds, max(max_pairs, pairs)
         self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
         self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
         self.calls = {"plan": 0, "dense": 0, "trial": 0}
@@ -58,12 +66,19 @@ class StepTrial:
         times = self.trials.setdefault(key, [[], []])
         done = len(times[0]) + len(times[1])
         dense = (done % 2 == 0) == ((done // 2) % 2 == 0)  # dense, plan | plan, dense | dense, plan ...
+        calibrated = self.plan.calibration_seconds
         result, seconds = self._call(call, dense)
-        times[1 if dense else 0].append(seconds)
         self.calls["trial"] += 1
-        if len(times[0]) >= self.pairs and len(times[1]) >= self.pairs:
+        if self.plan.calibration_seconds != calibrated:  # the plan timed layers in this call: not counted
+            return result
+        times[1 if dense else 0].append(seconds)
+        if self._enough(times):
             self.choices[key] = _trimmed(times[0]) < self.margin * _trimmed(times[1])
         return result
+
+    def _enough(self, times: List[List[float]]) -> bool:
+        count = min(len(times[0]), len(times[1]))
+        return count >= self.max_pairs or (count >= self.pairs and min(map(sum, times)) >= self.seconds)
 
     def _run_as(self, call, dense: bool):
         self.plan.all_dense = dense
@@ -73,18 +88,18 @@ class StepTrial:
             self.plan.all_dense = False
 
     def _call(self, call, dense: bool):
-        """The call's result and seconds, less what the plan spent timing layers meanwhile."""
-        before, started = self.plan.calibration_seconds, self.clock()
+        started = self.clock()
         result = self._run_as(call, dense)
-        return result, self.clock() - started - (self.plan.calibration_seconds - before)
+        return result, self.clock() - started
 
     def summary(self) -> List[str]:
         lines = []
         for (name, bucket, threads), keep in sorted(self.choices.items()):
             plan_s, dense_s = (_trimmed(t) for t in self.trials[(name, bucket, threads)])
+            count = min(map(len, self.trials[(name, bucket, threads)]))
             lines.append(f"whole {name} calls, rows <= {bucket}, {threads} thread(s): "
                          f"{'the layer choices kept' if keep else 'dense'} (with them at {dense_s / plan_s:.2f}x "
-                         f"dense speed over {self.pairs} calls each, the slowest of each left out)")
+                         f"dense speed over {count} calls each, the slowest of each left out)")
         return lines
 
 

@@ -180,7 +180,7 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     """The plan says sparse for every layer; a whole step decides. A kernel made 3 ms slower loses."""
     model = TwoSteps()
     plan = sparse_inference.Plan(always=True)
-    trial = step_trial.StepTrial(plan, pairs=4)
+    trial = step_trial.StepTrial(plan, pairs=4, seconds=0)
     assert sorted(sparse_inference.sparsify(model, plan, trial=trial)) == ["decoder.0", "decoder.1", "encoder"]
     kernel = getattr(sparse_inference.SparseLinear, slower)
     monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x, *way: (time.sleep(0.003), kernel(self, x, *way))[1])
@@ -227,7 +227,7 @@ def test_one_slow_dense_step_does_not_make_a_slower_plan_win(monkeypatch):
     plan's steps take less time in sum, but not with each side's slowest step left out, and the module stays
     dense."""
     model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
-    trial = step_trial.StepTrial(plan, pairs=4, clock=clock)
+    trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0)
     sparse_inference.sparsify(model, plan, trial=trial)
     stalls = [0.1]
     clock.costs(monkeypatch, sparse=lambda rows: 0.003, dense=lambda rows: 0.001 + (stalls.pop() if stalls else 0))
@@ -246,7 +246,7 @@ def test_calls_of_two_sizes_in_one_bucket_keep_a_faster_plan(monkeypatch):
     a row dense and 0.77 ms with the plan: the plan is 1.3x faster on each call, though an 8-row call with it
     takes longer than the 5-row dense call beside it in half the pairs. It is kept."""
     model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
-    trial = step_trial.StepTrial(plan, pairs=4, clock=clock)
+    trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0)
     sparse_inference.sparsify(model, plan, trial=trial)
     clock.costs(monkeypatch, sparse=lambda rows: 0.00077 * rows, dense=lambda rows: 0.001 * rows)
     with torch.no_grad():
@@ -256,6 +256,57 @@ def test_calls_of_two_sizes_in_one_bucket_keep_a_faster_plan(monkeypatch):
     assert paired.count(True) == 2  # pair by pair, the plan would lose half
     assert trial.choices == {("encoder", 8, torch.get_num_threads()): True,
                              ("decoder", 8, torch.get_num_threads()): True}
+
+
+def test_steps_in_which_the_plan_timed_layers_are_not_counted(monkeypatch):
+    """Each layer's first two calls time its ways (50 ms, left out of the step's time) and leave the step 6 ms
+    slower (cold caches); the plan takes 1 ms a layer, dense 1.5 ms. Counting those steps would send both
+    modules dense; without them the faster plan is kept."""
+    model, plan, clock = TwoSteps(), sparse_inference.Plan(), VirtualClock()
+    trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0)
+    sparse_inference.sparsify(model, plan, trial=trial)
+    clock.costs(monkeypatch, sparse=lambda rows: 0.001, dense=lambda rows: 0.0015)
+    timed = {}
+
+    def decide(self, layer, rows):  # as Plan._decide, with the timing's cost set
+        timed[layer] = timed.get(layer, 0) + 1
+        if timed[layer] <= 2:
+            self.calibration_seconds += 0.05
+            clock.now += 0.05 + 0.006
+        return self.ways(layer, sparse_inference.rows_bucket(rows))[0]
+
+    monkeypatch.setattr(sparse_inference.Plan, "_decide", decide)
+    with torch.no_grad():
+        for _ in range(10):
+            model(torch.randn(4, 256))
+    threads = torch.get_num_threads()
+    assert trial.choices == {("encoder", 4, threads): True, ("decoder", 4, threads): True}
+    assert [len(t) for t in trial.trials[("encoder", 4, threads)]] == [4, 4]
+    assert trial.trials[("decoder", 4, threads)][0] == pytest.approx([0.002] * 4)
+    assert trial.calls["trial"] == 2 * 10
+
+
+def test_short_steps_are_timed_until_each_mode_took_the_trial_seconds(monkeypatch):
+    """A layer takes 1 ms with the plan and 2 ms dense; 4 pairs at the least, 19.5 ms of each mode: the encoder
+    (one layer) is decided once 20 of its calls ran with the plan (39 calls in all, alternating), the decoder
+    (two layers) once 10 did; with at most 6 pairs, after 6 pairs."""
+    threads = torch.get_num_threads()
+    for max_pairs, encoder_calls, encoder_counts, decoder_counts in ((64, 39, [20, 19], [10, 9]),
+                                                                     (6, 12, [6, 6], [6, 6])):
+        model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
+        trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0.0195, max_pairs=max_pairs)
+        sparse_inference.sparsify(model, plan, trial=trial)
+        clock.costs(monkeypatch, sparse=lambda rows: 0.001, dense=lambda rows: 0.002)
+        calls = 0
+        with torch.no_grad():
+            while ("encoder", 4, threads) not in trial.choices and calls < 200:
+                model(torch.randn(4, 256))
+                calls += 1
+        assert calls == encoder_calls
+        assert trial.choices == {("encoder", 4, threads): True, ("decoder", 4, threads): True}
+        assert [len(t) for t in trial.trials[("encoder", 4, threads)]] == encoder_counts
+        assert [len(t) for t in trial.trials[("decoder", 4, threads)]] == decoder_counts
+        assert f"over {min(encoder_counts)} calls each" in trial.summary()[1]
 
 
 def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, slt_run):
