@@ -7,7 +7,7 @@ where the steps with it are faster; elsewhere that module runs dense. Torch only
 """
 import itertools
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ TRIAL_SECONDS = 0.03
 TRIAL_PAIRS_MAX = 64
 STEP_MARGIN = 0.97  # the plan's choices stand only where whole steps with them take under 97 % of dense's
 # (each side's slowest step left out of its sum: one step the machine stalled cannot decide)
+EARLY_PAIRS, EARLY_MARGIN = 3, 0.6  # a plan whose steps take under 60 % of dense's after 3 pairs is kept at once:
+# the trial's dense steps cost most where the plan wins most (a whole fairseq-generate run of the base-size model,
+# 256 sentences at batch 64: about 100 decoding steps in all, most of them in the trial)
 
 
 class StepTrial:
@@ -31,14 +34,17 @@ class StepTrial:
     side's slowest call left out, and the module runs dense there otherwise. Calls in a bucket need not be
     alike (the encoder's batches differ in length), so times are compared in sums, not pair by pair. A call in
     which the plan timed layers is not counted at all (it ran on caches the timing had filled: a bias against
-    the plan); short calls are timed until each mode's add up to ``seconds`` (or ``max_pairs`` pairs ran)."""
+    the plan); short calls are timed until each mode's add up to ``seconds`` (or ``max_pairs`` pairs ran). A plan
+    far ahead (under ``EARLY_MARGIN`` of dense's time after ``early_pairs`` pairs) is kept at once. Both modes
+    are compared on as many calls each."""
 
     def __init__(self, plan: Plan, pairs: int = TRIAL_PAIRS, margin: float = STEP_MARGIN,
                  clock: Callable[[], float] = time.perf_counter, seconds: float = TRIAL_SECONDS,
-                 max_pairs: int = TRIAL_PAIRS_MAX):
-        """``clock``: seconds, read before and after each timed call (tests pass one whose time they set)."""
+                 max_pairs: int = TRIAL_PAIRS_MAX, early_pairs: Optional[int] = EARLY_PAIRS):
+        """``clock``: seconds, read before and after each timed call (tests pass one whose time they set);
+        ``early_pairs`` None: no early choice."""
         self.plan, self.pairs, self.margin, self.clock = plan, pairs, margin, clock
-        self.seconds, self.max_pairs = seconds, max(max_pairs, pairs)
+        self.seconds, self.max_pairs, self.early_pairs = seconds, max(max_pairs, pairs), early_pairs
         self.trials: Dict[Tuple[str, int, int], List[List[float]]] = {}  # key -> [plan times, dense times]
         self.choices: Dict[Tuple[str, int, int], bool] = {}  # key -> keep the plan
         self.calls = {"plan": 0, "dense": 0, "trial": 0}
@@ -72,13 +78,20 @@ class StepTrial:
         if self.plan.calibration_seconds != calibrated:  # the plan timed layers in this call: not counted
             return result
         times[1 if dense else 0].append(seconds)
-        if self._enough(times):
-            self.choices[key] = _trimmed(times[0]) < self.margin * _trimmed(times[1])
+        keep = self._decide(times)
+        if keep is not None:
+            self.choices[key] = keep
         return result
 
-    def _enough(self, times: List[List[float]]) -> bool:
-        count = min(len(times[0]), len(times[1]))
-        return count >= self.max_pairs or (count >= self.pairs and min(map(sum, times)) >= self.seconds)
+    def _decide(self, times: List[List[float]]) -> Optional[bool]:
+        """Keep the plan (True), run dense (False), or not yet (None)."""
+        plan_s, dense_s, count = _compared(times)
+        if self.early_pairs is not None and count >= self.early_pairs and plan_s < EARLY_MARGIN * dense_s:
+            return True
+        if count >= self.max_pairs or (count >= self.pairs and
+                                       min(sum(t[:count]) for t in times) >= self.seconds):
+            return plan_s < self.margin * dense_s
+        return None
 
     def _run_as(self, call, dense: bool):
         self.plan.all_dense = dense
@@ -95,12 +108,17 @@ class StepTrial:
     def summary(self) -> List[str]:
         lines = []
         for (name, bucket, threads), keep in sorted(self.choices.items()):
-            plan_s, dense_s = (_trimmed(t) for t in self.trials[(name, bucket, threads)])
-            count = min(map(len, self.trials[(name, bucket, threads)]))
+            plan_s, dense_s, count = _compared(self.trials[(name, bucket, threads)])
             lines.append(f"whole {name} calls, rows <= {bucket}, {threads} thread(s): "
                          f"{'the layer choices kept' if keep else 'dense'} (with them at {dense_s / plan_s:.2f}x "
                          f"dense speed over {count} calls each, the slowest of each left out)")
         return lines
+
+
+def _compared(times: List[List[float]]) -> Tuple[float, float, int]:
+    """The plan's and dense's trimmed sums over as many calls each (the first ``count``), and ``count``."""
+    count = min(len(times[0]), len(times[1]))
+    return _trimmed(times[0][:count]), _trimmed(times[1][:count]), count
 
 
 def _trimmed(seconds: List[float]) -> float:

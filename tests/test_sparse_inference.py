@@ -180,7 +180,7 @@ def test_whole_steps_keep_the_layer_choices_only_where_they_are_faster(slower, m
     """The plan says sparse for every layer; a whole step decides. A kernel made 3 ms slower loses."""
     model = TwoSteps()
     plan = sparse_inference.Plan(always=True)
-    trial = step_trial.StepTrial(plan, pairs=4, seconds=0)
+    trial = step_trial.StepTrial(plan, pairs=4, seconds=0, early_pairs=None)
     assert sorted(sparse_inference.sparsify(model, plan, trial=trial)) == ["decoder.0", "decoder.1", "encoder"]
     kernel = getattr(sparse_inference.SparseLinear, slower)
     monkeypatch.setattr(sparse_inference.SparseLinear, slower, lambda self, x, *way: (time.sleep(0.003), kernel(self, x, *way))[1])
@@ -288,13 +288,14 @@ def test_steps_in_which_the_plan_timed_layers_are_not_counted(monkeypatch):
 
 def test_short_steps_are_timed_until_each_mode_took_the_trial_seconds(monkeypatch):
     """A layer takes 1 ms with the plan and 2 ms dense; 4 pairs at the least, 19.5 ms of each mode: the encoder
-    (one layer) is decided once 20 of its calls ran with the plan (39 calls in all, alternating), the decoder
-    (two layers) once 10 did; with at most 6 pairs, after 6 pairs."""
+    (one layer) is decided once 20 of its calls ran each way (40 calls in all, alternating), the decoder (two
+    layers) once 10 did; with at most 6 pairs, after 6 pairs."""
     threads = torch.get_num_threads()
-    for max_pairs, encoder_calls, encoder_counts, decoder_counts in ((64, 39, [20, 19], [10, 9]),
+    for max_pairs, encoder_calls, encoder_counts, decoder_counts in ((64, 40, [20, 20], [10, 10]),
                                                                      (6, 12, [6, 6], [6, 6])):
         model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
-        trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0.0195, max_pairs=max_pairs)
+        trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0.0195, max_pairs=max_pairs,
+                                      early_pairs=None)
         sparse_inference.sparsify(model, plan, trial=trial)
         clock.costs(monkeypatch, sparse=lambda rows: 0.001, dense=lambda rows: 0.002)
         calls = 0
@@ -307,6 +308,38 @@ def test_short_steps_are_timed_until_each_mode_took_the_trial_seconds(monkeypatc
         assert [len(t) for t in trial.trials[("encoder", 4, threads)]] == encoder_counts
         assert [len(t) for t in trial.trials[("decoder", 4, threads)]] == decoder_counts
         assert f"over {min(encoder_counts)} calls each" in trial.summary()[1]
+
+
+@pytest.mark.parametrize("plan_cost, pairs", [(0.00055, 3), (0.00065, 8)])
+def test_a_plan_far_ahead_is_kept_after_three_pairs(monkeypatch, plan_cost, pairs):
+    """Dense takes 1 ms a layer: a plan at 0.55 ms is kept after 3 pairs, one at 0.65 ms after the usual 8."""
+    model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
+    trial = step_trial.StepTrial(plan, pairs=8, clock=clock, seconds=0)
+    sparse_inference.sparsify(model, plan, trial=trial)
+    clock.costs(monkeypatch, sparse=lambda rows: plan_cost, dense=lambda rows: 0.001)
+    with torch.no_grad():
+        for _ in range(16):
+            model(torch.randn(4, 256))
+    threads = torch.get_num_threads()
+    assert trial.choices == {("encoder", 4, threads): True, ("decoder", 4, threads): True}
+    assert [len(t) for t in trial.trials[("encoder", 4, threads)]] == [pairs, pairs]
+    assert trial.calls == {"trial": 4 * pairs, "plan": 2 * (16 - 2 * pairs), "dense": 0}
+
+
+def test_both_modes_are_compared_on_as_many_calls(monkeypatch):
+    """The plan takes 0.96 ms a call, dense 1 ms, margin 0.97, each mode timed for 20.5 ms: the plan is kept.
+    Its 22nd call (a pair that starts with the plan) reaches 20.5 ms beside 21 dense calls; comparing those
+    would send the module dense."""
+    model, plan, clock = TwoSteps(), sparse_inference.Plan(always=True), VirtualClock()
+    trial = step_trial.StepTrial(plan, pairs=4, clock=clock, seconds=0.0205, early_pairs=None)
+    sparse_inference.sparsify(model, plan, trial=trial)
+    clock.costs(monkeypatch, sparse=lambda rows: 0.00096, dense=lambda rows: 0.001)
+    with torch.no_grad():
+        for _ in range(64):
+            model(torch.randn(4, 256))
+    encoder = trial.trials[("encoder", 4, torch.get_num_threads())]
+    assert len(encoder[0]) == len(encoder[1]) == 22  # 21 x 0.96 ms < 20.5 ms <= 22 x 0.96 ms
+    assert trial.choices[("encoder", 4, torch.get_num_threads())] is True
 
 
 def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, slt_run):
