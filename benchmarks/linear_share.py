@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving import fairseq_translate, load_fairseq  # noqa: E402
+from serving import add_model_arguments, fairseq_translate, load_fairseq, model_labels  # noqa: E402
 
 
 def whole_run_speedup(share: float, faster: float) -> float:
@@ -61,18 +61,9 @@ def linear_share(task, model, sources, batch_size: int, repeats: int):
 def main():
     logging.disable(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--labels", nargs="+", help="a name per checkpoint (default: its run folder's)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--sentences", type=int, default=128, help="test sentences at batch sizes > 1")
-    parser.add_argument("--sentences-batch1", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_model_arguments(parser, sentences=128, sentences_batch1=20, repeats=3, repeats_help="rounds (the median share kept)")
     args = parser.parse_args()
-    labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoints]
-    if len(labels) != len(args.checkpoints):
-        raise SystemExit(f"error: --labels names {len(labels)} models for {len(args.checkpoints)} checkpoints")
+    labels = model_labels(args)
     print(f"torch {torch.__version__}; fairseq dense under the plugin's task, beam 5, natural lengths; share of wall "
           f"time inside nn.Linear, median of {args.repeats} rounds (range); whole-run speedup if the linear layers "
           "were 2x / 3x faster / free; linear-layer speedup that 1.5x (batch 1) or 1.2x (larger batches) needs")

@@ -195,22 +195,35 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(report), flush=True)
 
 
+def add_model_arguments(parser, sentences: int, sentences_batch1: int, repeats: int, repeats_help: str) -> None:
+    """What the serving benchmarks share: checkpoints, their labels and data, batch sizes, threads, sentences."""
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--labels", nargs="+", help="a name per checkpoint in the table (default: its run folder's)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sentences", type=int, default=sentences, help="test sentences at batch sizes > 1")
+    parser.add_argument("--sentences-batch1", type=int, default=sentences_batch1)
+    parser.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+
+
+def model_labels(args) -> list:
+    """--labels, or each checkpoint's run folder; one error line when they do not match the checkpoints."""
+    labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoints]
+    if len(labels) != len(args.checkpoints):
+        raise SystemExit(f"error: --labels names {len(labels)} models for {len(args.checkpoints)} checkpoints")
+    return labels
+
+
 def main():
     logging.disable(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--data", required=True)
+    add_model_arguments(parser, sentences=1000, sentences_batch1=100, repeats=5,
+                        repeats_help="interleaved timed rounds per setting (median kept, spread printed)")
     parser.add_argument("--references", help="the test set's target side, detokenized")
     parser.add_argument("--prune", type=float, nargs="*", default=[],
                         help="magnitude-prune each checkpoint to these sparsities (one-shot) instead of using it as is")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--sentences", type=int, default=1000, help="test sentences at batch sizes > 1")
-    parser.add_argument("--sentences-batch1", type=int, default=100)
     parser.add_argument("--fixed-length", type=int, default=24)
-    parser.add_argument("--labels", nargs="+", help="a name per checkpoint in the table (default: its run folder's)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="interleaved timed rounds per setting (median kept, spread printed)")
     parser.add_argument("--also-blocks", type=int,
                         help="also run --sparse-inference with torch's CSR products in blocks of this many rows only")
     parser.add_argument("--also-torch-csr", action="store_true",
@@ -226,9 +239,7 @@ def main():
         return worker(args)
     import json
 
-    labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoints]
-    if len(labels) != len(args.checkpoints):
-        raise SystemExit(f"error: --labels names {len(labels)} models for {len(args.checkpoints)} checkpoints")
+    labels = model_labels(args)
     # engine name -> its environment: CTranslate2 as installed, then int8 under each --ct2-variant
     ct2_envs = {} if args.no_ct2 else {"ct2": {}, **{f"ct2 int8 {label}": env for label, env in
                                                      parse_variants(args.ct2_variant).items()}}

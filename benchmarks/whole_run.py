@@ -21,6 +21,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving import add_model_arguments, model_labels  # noqa: E402
 TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \([\d,]+ tokens\) in ([\d.]+)s")
 BLEU = re.compile(r"Generate \S+ with beam=\d+: BLEU[4]? = ([\d.]+)")
 
@@ -66,18 +68,10 @@ def generate(checkpoint: str, data: str, batch_size: int, threads: int, sparse: 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--labels", nargs="+", help="a name per checkpoint (default: its run folder's)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--sentences", type=int, default=1000, help="test sentences at batch sizes > 1")
-    parser.add_argument("--sentences-batch1", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of one dense and one sparse run")
+    add_model_arguments(parser, sentences=1000, sentences_batch1=200, repeats=5,
+                        repeats_help="rounds of one dense and one sparse run")
     args = parser.parse_args()
-    labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(c))) for c in args.checkpoints]
-    if len(labels) != len(args.checkpoints):
-        raise SystemExit(f"error: --labels names {len(labels)} models for {len(args.checkpoints)} checkpoints")
+    labels = model_labels(args)
     started = time.perf_counter()
     print(f"fairseq-generate, beam 5, each run a process; seconds are medians of {args.repeats} rounds (dense and "
           "sparse alternating, the order swapped each round); ratio: dense time / sparse time, the median of the "

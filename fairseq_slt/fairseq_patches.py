@@ -30,16 +30,24 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
 - ``argparse.ArgumentParser.error`` for fairseq's own parsers (``prog`` fairseq-*): a usage error (an
   unknown --prune-method among them) printed fairseq's whole usage, dozens of lines, before the error:
   the error's one line instead, as the plugin's own refusals.
+- ``data.data_utils.batch_by_size``: fairseq drops the last batch when its size is not a multiple of
+  ``--required-batch-size-multiple`` (8 by default; fairseq issue #5036): ``fairseq-generate --batch-size 1``
+  left the last sentence of every test set untranslated, and 13 sentences at --batch-size 64 gave 8. Under
+  the plugin's task (``keeping_last_batch``) that batch is kept for every split but the training one, whose
+  batches stay fairseq's (a resumed run finds the batches it left).
 - fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
 Not installed here but by the task itself: its ``inference_step`` turns on, for one beam search, the beamable
 encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``).
 """
 import argparse
+import contextlib
 import inspect
 import os
 
+import numpy as np
 import torch
 from fairseq import checkpoint_utils, file_io
+from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
 
 from . import broadcast_fix, clean_exit, compact_loading
@@ -53,12 +61,14 @@ _fairseq_call_main = None
 _fairseq_load_ensemble = None
 _argparse_error = None
 _fairseq_save_checkpoint = None
+_fairseq_batch_by_size = None
+_keep_last_batch = False
 _best_held = False
 
 
 def install() -> None:
     global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble, _argparse_error
-    global _fairseq_save_checkpoint
+    global _fairseq_save_checkpoint, _fairseq_batch_by_size
     compact_loading.install()
     broadcast_fix.install()
     clean_exit.install()
@@ -80,6 +90,9 @@ def install() -> None:
     if _argparse_error is None:
         _argparse_error = argparse.ArgumentParser.error
         argparse.ArgumentParser.error = one_line_usage_error
+    if _fairseq_batch_by_size is None:
+        _fairseq_batch_by_size = data_utils.batch_by_size
+        data_utils.batch_by_size = batch_by_size_keeping_the_last
 
 
 def one_line_usage_error(parser: argparse.ArgumentParser, message: str):
@@ -132,6 +145,31 @@ def save_checkpoint_holding_best(cfg, trainer, epoch_itr, val_loss):
     if _best_held:  # a best no loss can beat, in the metric's direction (a float: checkpoints keep it)
         checkpoint_utils.save_checkpoint.best = float("inf" if cfg.maximize_best_checkpoint_metric else "-inf")
     return _fairseq_save_checkpoint(cfg, trainer, epoch_itr, val_loss)
+
+
+@contextlib.contextmanager
+def keeping_last_batch(keep: bool):
+    """Batches made meanwhile keep the last batch fairseq would drop (``keep``), or are fairseq's."""
+    global _keep_last_batch
+    before, _keep_last_batch = _keep_last_batch, keep
+    try:
+        yield
+    finally:
+        _keep_last_batch = before
+
+
+def batch_by_size_keeping_the_last(indices, *args, **kwargs):
+    """fairseq's batches, and the last one it drops for not being a multiple of required_batch_size_multiple:
+    its batches are consecutive runs of ``indices``, so the indices past them are that batch."""
+    batches = _fairseq_batch_by_size(indices, *args, **kwargs)
+    if not _keep_last_batch:
+        return batches
+    indices = indices if isinstance(indices, np.ndarray) else np.fromiter(indices, dtype=np.int64, count=-1)
+    covered = sum(len(batch) for batch in batches)
+    if covered < len(indices) and inspect.signature(_fairseq_batch_by_size).bind(
+            indices, *args, **kwargs).arguments.get("fixed_shapes") is None:
+        batches = list(batches) + [indices[covered:]]
+    return batches
 
 
 def checked_call_main(cfg, main, **kwargs):

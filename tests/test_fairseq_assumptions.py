@@ -2,9 +2,11 @@
 names the workaround in fairseq_slt/fairseq_patches.py (or the glue) that must be revisited."""
 import inspect
 
+import numpy as np
+
 import fairseq_slt  # noqa: F401  (with fairseq loaded: installs the patches)
 from fairseq import checkpoint_utils, file_io
-from fairseq.data import iterators
+from fairseq.data import data_utils, iterators
 from fairseq.distributed import utils as distributed_utils
 from fairseq_slt import fairseq_patches
 from fairseq_slt.checkpoints import TASK_KEY
@@ -26,6 +28,7 @@ def test_patches_are_installed_once_on_the_attributes_fairseq_calls():
     assert file_io.PathManager.copy is fairseq_patches.atomic_copy
     assert distributed_utils.call_main is fairseq_patches.checked_call_main
     assert checkpoint_utils.load_model_ensemble_and_task is fairseq_patches.checked_load_ensemble
+    assert data_utils.batch_by_size is fairseq_patches.batch_by_size_keeping_the_last
 
 
 def test_fairseq_saves_one_checkpoint_then_copies_it_with_pathmanager_copy():
@@ -77,3 +80,17 @@ def test_fairseq_prefetch_threads_have_the_fields_the_exit_hook_drains():
 def test_fairseq_broadcasts_a_loaded_checkpoint_through_broadcast_object():
     assert "distributed_utils.broadcast_object(" in _source(Trainer.load_checkpoint)
     assert hasattr(distributed_utils, "_TensorPlaceholder")
+
+
+def test_fairseq_drops_a_last_batch_that_is_not_a_multiple_of_required_batch_size_multiple():
+    """fairseq issue #5036, what the plugin's task works around; its batches are consecutive runs of the indices."""
+    indices, sizes = np.arange(13, dtype=np.int64), np.full(13, 5, dtype=np.int64)
+    batches = fairseq_patches._fairseq_batch_by_size(indices, None, num_tokens_vec=sizes, max_sentences=64,
+                                                     required_batch_size_multiple=8)
+    assert [b.tolist() for b in batches] == [list(range(8))]
+    assert [b.tolist() for b in data_utils.batch_by_size(indices, None, num_tokens_vec=sizes, max_sentences=64,
+                                                         required_batch_size_multiple=8)] == [list(range(8))]
+    with fairseq_patches.keeping_last_batch(True):
+        kept = data_utils.batch_by_size(indices, None, num_tokens_vec=sizes, max_sentences=4,
+                                        required_batch_size_multiple=8)
+    assert [b.tolist() for b in kept] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12]]

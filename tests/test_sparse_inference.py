@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import train
+from conftest import SHORT_HYPOTHESES, USER_DIR, run_tool, train
 from fairseq_slt import csr_kernel, sparse_inference, step_trial
 from test_compact import _hypotheses
 
@@ -349,6 +349,35 @@ def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, s
     assert "--sparse-inference: 17 linear layers" in result.stdout
     assert "--sparse-inference: whole decoder calls, rows <= " in result.stdout + result.stderr
     assert "linear-layer calls ran sparse" in result.stdout
+
+
+def test_generate_translates_every_test_sentence_where_fairseq_drops_the_last_batch(data_bin, dense_run):
+    """100 test sentences at --batch-size 64: fairseq's own task leaves the last 4 out (a last batch that is not
+    a multiple of --required-batch-size-multiple 8); under the plugin's task every sentence is translated."""
+    for task, count in (("translation_slt", 100), ("translation", 96)):
+        result = run_tool("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--task", task, "--path",
+                          dense_run["best"], "--gen-subset", "test", "--beam", 1, "--batch-size", 64,
+                          *SHORT_HYPOTHESES.split())
+        ids = sorted(int(line.split("\t")[0][2:]) for line in result.stdout.splitlines() if line.startswith("H-"))
+        assert len(ids) == count and (count < 100 or ids == list(range(100))), task
+
+
+def test_the_training_split_keeps_fairseqs_batches(data_bin, dense_run):
+    """Batches of 3 (fewer than --required-batch-size-multiple 8): fairseq drops the last of every split; the
+    plugin's task keeps it for the test split only, so a resumed run finds the training batches it left."""
+    import fairseq.tasks  # noqa: F401 (before the plugin's, which registers its task there)
+    import fairseq_slt.tasks  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    _, _, task = checkpoint_utils.load_model_ensemble_and_task([dense_run["best"]], arg_overrides={"data": data_bin})
+    covered = {}
+    for split in ("train", "test"):
+        task.load_dataset(split)
+        batches = task.get_batch_iterator(dataset=task.dataset(split), max_sentences=3, required_batch_size_multiple=8,
+                                          disable_iterator_cache=True).frozen_batches
+        covered[split] = sorted(int(i) for batch in batches for i in batch)
+    assert covered["test"] == list(range(100))
+    assert len(covered["train"]) == len(task.dataset("train")) - 2  # 2000 = 666 x 3 + 2: fairseq's 666 batches
 
 
 def test_sparse_inference_is_refused_in_training(data_bin, tmp_path):

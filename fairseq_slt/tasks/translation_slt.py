@@ -126,6 +126,11 @@ class TranslationSLTTask(TranslationTask):
                 raise _user_error(err) from None
             fairseq_patches.hold_best(not self.pruning.schedule.reached(update_num + 1))
 
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        # every sentence of a test or validation split, not all but a last batch fairseq drops (fairseq_patches)
+        with fairseq_patches.keeping_last_batch(dataset is not self.datasets.get("train")):
+            return super().get_batch_iterator(dataset, *args, **kwargs)
+
     def build_generator(self, models, args, **kwargs):
         if self.cfg.sparse_inference:
             self._sparsify(models)
