@@ -61,7 +61,8 @@ def linear_share(task, model, sources, batch_size: int, repeats: int):
 def main():
     logging.disable(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser, sentences=128, sentences_batch1=20, repeats=3, repeats_help="rounds (the median share kept)")
+    add_model_arguments(parser, sentences=128, sentences_batch1=20, repeats=3,
+                        repeats_help="rounds (the median share kept)")
     args = parser.parse_args()
     labels = model_labels(args)
     print(f"torch {torch.__version__}; fairseq dense under the plugin's task, beam 5, natural lengths; share of wall "

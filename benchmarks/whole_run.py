@@ -1,28 +1,30 @@
 """Whole runs, as a user runs them: fairseq-generate with and without --sparse-inference on a trained pruned model.
 
-Each run is a process of its own (`fairseq-generate DATA --user-dir fairseq_slt --task translation_slt --beam 5
---remove-bpe sentencepiece --scoring sacrebleu` on the first sentences of the test set), timed two ways: the whole process,
-start to exit (loading, the layer plan's timing and the step trial included: what --sparse-inference costs a
-user once), and fairseq's own "Translated ... in X s" (its generation loop). Dense and sparse runs alternate in
---repeats rounds (the order swapped each round); the ratio is dense time over sparse time, the median of the
-rounds' ratios. Also printed: the rounds' spread, how many hypotheses differ from dense, and both BLEU scores.
+Each run is a process of its own (`fairseq-generate DATA --task translation_slt --beam 5 --remove-bpe
+sentencepiece --scoring sacrebleu` on the first sentences of the test set, as `fairseq-slt results` scores),
+timed two ways: the whole process, start to exit (loading, the layer plan's timing and the step trial included:
+what --sparse-inference costs a user once), and fairseq's own "Translated ... in X s" (its generation loop).
+Dense and sparse runs alternate in --repeats rounds (the order swapped each round); the ratio is dense time over
+sparse time, the median of the rounds' ratios. Also printed: the rounds' spread, how many hypotheses differ from
+dense, and both BLEU scores.
 Usage: python benchmarks/whole_run.py --data DATA_BIN CKPT [CKPT ...] [--labels ...] [--batch-sizes 1 64]
        [--threads 1 2] [--sentences 1000] [--sentences-batch1 200] [--repeats 5]
 """
 import argparse
-import os
 import glob
+import os
 import re
+import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serving import add_model_arguments, model_labels  # noqa: E402
+from serving import add_model_arguments, model_labels  # noqa: E402  (it puts the checkout on sys.path)
+from fairseq_slt.cli import scoring  # noqa: E402
+
 TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \([\d,]+ tokens\) in ([\d.]+)s")
 BLEU = re.compile(r"Generate \S+ with beam=\d+: BLEU[4]? = ([\d.]+)")
 
@@ -50,20 +52,20 @@ def first_sentences(data: str, count: int, folder: str) -> str:
 
 def generate(checkpoint: str, data: str, batch_size: int, threads: int, sparse: bool) -> dict:
     """One fairseq-generate process: its wall time, fairseq's generation-loop time, sentences, BLEU, hypotheses."""
-    command = [os.path.join(os.path.dirname(sys.executable), "fairseq-generate"), data,
-               "--user-dir", os.path.join(ROOT, "fairseq_slt"), "--task", "translation_slt", "--path", checkpoint,
-               "--beam", "5", "--batch-size", str(batch_size), "--remove-bpe", "sentencepiece",
-               "--scoring", "sacrebleu", "--gen-subset", "test", *(["--sparse-inference"] if sparse else [])]
+    fairseq_generate = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
+    options = argparse.Namespace(data=data, subset="test", beam=5, batch_size=batch_size, remove_bpe="sentencepiece",
+                                 references=None, generate_command=shlex.join(
+                                     [fairseq_generate] + (["--sparse-inference"] if sparse else [])))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the child's threads
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    generated = scoring.generate(checkpoint, options)
     wall = time.perf_counter() - started
-    output = done.stdout + done.stderr
-    translated, bleu = TRANSLATED.search(output), BLEU.search(output)
-    if done.returncode != 0 or translated is None or bleu is None:
-        raise SystemExit(f"fairseq-generate failed ({' '.join(command)}):\n{output[-2000:]}")
-    hyps = dict(line.split("\t")[0::2] for line in done.stdout.splitlines() if line.startswith("H-"))
+    translated, bleu = TRANSLATED.search(generated.log), BLEU.search(generated.log)
+    if translated is None or bleu is None:
+        raise SystemExit(f"fairseq-generate printed no timing or BLEU ({shlex.join(generated.command)}):\n"
+                         f"{generated.log[-2000:]}")
     return {"wall": wall, "loop": float(translated.group(2)), "sentences": int(translated.group(1).replace(",", "")),
-            "bleu": float(bleu.group(1)), "hyps": hyps}
+            "bleu": float(bleu.group(1)), "hyps": generated.hyps}
 
 
 def main():

@@ -55,6 +55,7 @@ class Generated(NamedTuple):
     refs: Dict[int, str]  # sentence id -> reference
     lengths: Dict[int, int]  # sentence id -> the hypothesis' tokens, end of sentence excluded
     command: List[str]
+    log: str = ""  # fairseq-generate's own output (its "Translated ... in X s", its BLEU line)
 
 
 def generate(checkpoint_path: str, args) -> Generated:
@@ -86,7 +87,7 @@ def generate(checkpoint_path: str, args) -> Generated:
             refs = dict(enumerate(line.rstrip("\n") for line in handle))
         if hyps and max(hyps) >= len(refs):
             raise UserError(f"--references has {len(refs)} lines, fewer than the {args.subset} subset's sentences")
-    return Generated(hyps, refs, lengths, command)
+    return Generated(hyps, refs, lengths, command, result.stdout + result.stderr)
 
 
 def score_texts(hyps: dict, refs: dict) -> dict:
