@@ -14,10 +14,10 @@ shared out among them; 'ct2 int8 intra' is one batch at a time on N threads); ev
 similar source lengths, as fairseq-generate and CTranslate2's max_batch_size do. "fairseq dense" is
 fairseq-generate under the plugin's task (its beam search attends to each sentence's encoder output once:
 ``beamable_attention``); "stock fairseq" the same weights through fairseq's own translation task. fairseq
-dense, sparse, a second copy of the dense weights ("dense again": the noise floor, two identical engines measured apart) and stock fairseq
-share a process, interleaved in --repeats rounds whose order rotates. One warm-up batch before each timed pass.
-Prints the median sentences/s, the ratio to fairseq dense (paired by round within a process), the rounds'
-spread, BLEU, and the sizes on disk.
+dense, sparse, a second copy of the dense weights ("dense again": the noise floor, two identical engines
+measured apart) and stock fairseq share a process, interleaved in --repeats rounds whose order rotates. One
+warm-up batch before each timed pass. Prints the median sentences/s, the ratio to fairseq dense (paired by round
+within a process), the rounds' spread, BLEU, and the sizes on disk.
 Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
 """
 import argparse
