@@ -1,5 +1,6 @@
-"""Beam search under translation_slt attends to each sentence's encoder output once, and translates exactly as
-stock fairseq does; outside a beam search (training, scoring) the model is untouched."""
+"""Beam search under translation_slt attends to each sentence's encoder output once, reorders its cache through a
+list of modules made once per batch, and translates exactly as stock fairseq does; outside a beam search
+(training, scoring) the model is untouched."""
 import argparse
 
 import pytest
@@ -79,3 +80,19 @@ def test_after_a_generation_training_and_scoring_see_the_model_unchanged(loaded)
     assert torch.equal(logits_after, logits_before)
     assert scores_after == scores_before
     assert {m.beam_size for m in model.modules() if hasattr(m, "beam_size")} == {1}
+
+
+def test_beam_search_lists_the_decoders_reordering_modules_once_per_batch_not_once_per_step(loaded):
+    task, model = loaded
+    walks, modules = [], model.decoder.modules
+    model.decoder.modules = lambda: walks.append(1) or modules()  # counts fairseq's walks over the decoder
+    try:
+        _, _, stock_sentences = _generate(task, model, _stock(task))
+        stock_walks = len(walks)
+        walks.clear()
+        _, _, sentences = _generate(task, model, task.inference_step)
+    finally:
+        del model.decoder.modules
+    assert stock_walks > 10 * len(stock_sentences)  # fairseq: one walk per decoding step
+    assert len(walks) == len(sentences)  # here: one per batch, the list made before its search
+    assert "reorder_incremental_state_scripting" not in vars(model.decoder)  # fairseq's method again after it
