@@ -17,13 +17,16 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import csr_kernel
+
+if TYPE_CHECKING:  # step_trial imports this module
+    from .step_trial import StepTrial
 
 logger = logging.getLogger(__name__)
 MIN_SPARSITY = 0.5  # measured here: CSR at 0.45-0.6x dense speed at 50 % zeros, about even at 70 %; below: not tried
@@ -191,7 +194,7 @@ def csr_of(weight: torch.Tensor) -> torch.Tensor:
 
 
 def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY,
-             trial=None, prefix: str = "") -> List[str]:
+             trial: Optional["StepTrial"] = None, prefix: str = "") -> List[str]:
     """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names.
     ``trial`` (a ``step_trial.StepTrial``): each direct child of the model that holds a replaced layer (fairseq's
     encoder and decoder) becomes a step it checks (named ``prefix`` + its name: one prefix per model of an
