@@ -38,6 +38,10 @@ MARGIN = 0.9  # sparse is chosen only when it takes under 90 % of dense's time (
 # larger rows buckets are timed on this many rows: every way works in blocks of at most 256 rows, so its time per
 # row no longer depends on the count there (and timing the encoder's thousands of rows took seconds)
 SAMPLE_ROWS = 512
+# each way is timed at least ``repeats`` times and until its runs took MIN_SECONDS: 2 ms had the demo-size model's
+# timing take 0.15-0.17 s at batch 1 (a few % of a 200-sentence run) and 0.5 ms 0.04 s, every sparse-or-dense choice
+# the same (15/15 keys, 1 and 2 threads; base-size at batch 64: 31/31, 1.39 -> 1.29 s, where big products dominate)
+MIN_SECONDS = 0.0005
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")  # fairseq MultiheadAttention's linear layers
 
 
@@ -59,7 +63,7 @@ class Plan:
     """Dense-or-sparse decisions per (out, in, density %, rows bucket, threads), measured on first use: dense, or
     the fastest ``Way`` timed."""
 
-    def __init__(self, min_seconds: float = 0.002, repeats: int = 3, always: Optional[bool] = None,
+    def __init__(self, min_seconds: float = MIN_SECONDS, repeats: int = 3, always: Optional[bool] = None,
                  chunks: Tuple[int, ...] = CHUNKS, blocks: Tuple[int, ...] = csr_kernel.BLOCKS):
         """``always``: True/False forces sparse (the first way of ``ways``)/dense everywhere (for comparisons),
         None times it; ``chunks``/``blocks``: the torch CSR blockings/row-major kernel blockings timed (another
