@@ -73,6 +73,7 @@ def test_int8_export_reports_bleu_and_a_failed_check_writes_nothing(trained, tmp
     summary = export(trained["checkpoint"], out).stdout
     assert "CTranslate2 int8 model" in summary and "BLEU fairseq" in summary and os.path.isdir(out)
     assert f"serve it: ctranslate2.Translator({out!r}, device='cpu', inter_threads=<cores>, intra_threads=1)" in summary
+    assert "max_batch_size=16)" in summary  # a model of fewer than 512 dimensions: smaller batches served faster
     # what CTranslate2 runs on here, read from its own log: what this machine chose, and a forced choice
     found = ct2_runtime.runtime(out)
     assert f"here CTranslate2 runs {found['isa']} code, int8 products by {found['int8_gemm']}" in summary
