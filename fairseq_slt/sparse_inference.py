@@ -159,19 +159,18 @@ class SparseLinear(nn.Module):
 
     def sparse(self, x: torch.Tensor, way: Way) -> torch.Tensor:
         """The CSR product, the given way."""
-        flat = x.reshape(-1, self.in_features)
         if way.kernel == "rows":
-            out = self.operand.linear(flat, self.bias, way.rows, way.threads)
-        else:  # torch's product takes x^T and returns (out x rows): two copies
-            out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype)
-            for start in range(0, flat.shape[0], way.rows):
-                block = flat[start:start + way.rows].t()
-                if self.bias is None:
-                    result = torch.mm(self.csr, block)
-                else:
-                    result = torch.addmm(self.bias.unsqueeze(1), self.csr, block)
-                out[start:start + way.rows] = result.t()
-        return out.view(x.shape[:-1] + (self.out_features,))
+            return self.operand.linear(x, self.bias, way.rows, way.threads)
+        flat = x.reshape(-1, self.in_features)  # torch's product takes x^T and returns (out x rows): two copies
+        out = torch.empty(flat.shape[0], self.out_features, dtype=flat.dtype)
+        for start in range(0, flat.shape[0], way.rows):
+            block = flat[start:start + way.rows].t()
+            if self.bias is None:
+                result = torch.mm(self.csr, block)
+            else:
+                result = torch.addmm(self.bias.unsqueeze(1), self.csr, block)
+            out[start:start + way.rows] = result.t()
+        return out.view(tuple(x.shape[:-1]) + (self.out_features,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.plan.all_dense:  # the step runs dense (StepTrial): as little on top of nn.Linear as can be

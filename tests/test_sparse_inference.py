@@ -80,9 +80,10 @@ def test_the_row_major_kernel_computes_linear_for_every_blocking_threads_and_sha
                 for threads in (1, 2):
                     way = sparse_inference.Way("rows", block, threads)
                     torch.testing.assert_close(layer.sparse(x, way), expected, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():  # a 3-dimensional input keeps its leading shape
-        x = torch.randn(3, 7, inputs)
-        torch.testing.assert_close(layer.sparse(x, sparse_inference.Way("rows", 8, 2)), layer.dense(x))
+    with torch.no_grad():  # a 3-dimensional input (a decoding step's: 5 x 1) keeps its leading shape
+        for x in (torch.randn(3, 7, inputs), torch.randn(5, 1, inputs), torch.randn(7, 3, inputs).transpose(0, 1)):
+            for threads in (1, 2):
+                torch.testing.assert_close(layer.sparse(x, sparse_inference.Way("rows", 8, threads)), layer.dense(x))
 
 
 def test_the_kernel_is_built_once_into_the_cache_and_its_absence_leaves_torch_csr(tmp_path, monkeypatch, caplog):
