@@ -10,7 +10,9 @@ Each engine and setting runs in a process of its own (two engines' thread pools 
 other down): fairseq's SequenceGenerator after prepare_for_inference_, as fairseq-generate; --sparse-inference
 as the plugin applies it (the layer plan, then the whole-step trial); CTranslate2 from `fairseq-slt
 export-ct2 --no-verify` folders (with N threads: N workers of one thread each, as it serves best, each batch
-shared out among them; 'ct2 int8 intra' is one batch at a time on N threads); every engine batches sentences of
+shared out among them; 'ct2 int8 intra' is one batch at a time on N threads; 'ct2 int8 mbsM' the same batches
+served in CTranslate2 batches of at most M, the max_batch_size `export-ct2` advises for the model, where that is
+smaller); every engine batches sentences of
 similar source lengths, as fairseq-generate and CTranslate2's max_batch_size do. "fairseq dense" is
 fairseq-generate under the plugin's task (its beam search attends to each sentence's encoder output once:
 ``beamable_attention``); "stock fairseq" the same weights through fairseq's own translation task. fairseq
@@ -39,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from fairseq_slt import sparse_inference, step_trial  # noqa: E402
 from fairseq_slt.cli import ct2_runtime  # noqa: E402
-from fairseq_slt.cli.export_ct2 import _folder_bytes, detokenize  # noqa: E402
+from fairseq_slt.cli.export_ct2 import _folder_bytes, detokenize, serving_batch_size  # noqa: E402
 from fairseq_slt.pruning import magnitude_mask, safe_load  # noqa: E402
 from fairseq_slt.pruning.io import atomic_save  # noqa: E402
 
@@ -87,12 +89,13 @@ def fairseq_translate(task, model, sources, batch_size: int, fixed: int, stock: 
     return output
 
 
-def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int):
+def ct2_translate(translator, tokens, sources, batch_size: int, fixed: int, most: int = 0):
     """With N workers (inter_threads) each batch is shared out: N batches of batch_size / N sentences at a time
-    (at batch 1: N sentences at a time, one a worker)."""
+    (at batch 1: N sentences at a time, one a worker); ``most``: batches of at most this many sentences."""
     lengths = dict(min_decoding_length=fixed, max_decoding_length=fixed) if fixed else \
         dict(max_decoding_length=max(int(1.2 * max(len(tokens[i]) for i in sources)) + 10, 16))
     share = -(-batch_size // translator.num_translators)
+    share = min(share, most) if most else share
     results = translator.translate_batch([tokens[i] for i in sources], beam_size=5, max_batch_size=share, **lengths)
     return {i: detokenize(r.hypotheses[0], "sentencepiece") for i, r in zip(sources, results)}
 
@@ -172,7 +175,8 @@ def worker(args) -> None:
         intra, threads = args.worker.endswith(" intra"), args.threads[0]
         translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1 if intra else threads,
                                             intra_threads=threads if intra else 1)
-        engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed)
+        most = int(args.worker.rpartition("mbs")[2]) if " mbs" in args.worker else 0
+        engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed, most)
     report = {name: {"sentences": len(sources)} for name in engines}
     names = list(engines)
     for fixed in (0, args.fixed_length):
@@ -258,7 +262,8 @@ def main():
           "max - min over the median); BLEU of the natural pass; batches of similar source lengths for every engine; "
           "CTranslate2 with N threads: N workers of one thread (inter_threads=N, intra_threads=1), each batch shared "
           "out among them (N batches of batch/N sentences at a time; at batch 1 N sentences at a time), 'ct2 int8 "
-          "intra' one batch at a time on N threads")
+          "intra' one batch at a time on N threads, 'ct2 int8 mbsM' the same batches served in batches of at most M "
+          "(max_batch_size=M, what export-ct2 advises for the model, where it is smaller than batch/N)")
     print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
           f"{'BLEU':>6}")
     try:
@@ -267,7 +272,8 @@ def main():
         for checkpoint, label in checkpoints:
             translators = {} if args.no_ct2 else {q: export(checkpoint, args.data, q, work) for q in ("float32", "int8")}
             sizes = {q: _folder_bytes(path) for q, path in translators.items()}
-            model = safe_load(checkpoint)["model"]
+            state = safe_load(checkpoint)
+            model, advised = state["model"], serving_batch_size((state.get("cfg") or {}).get("model"))
             matrices = [w for w in model.values() if w.dim() >= 2 and w.is_floating_point()]
             zeros = sum(int((w == 0).sum()) for w in matrices) / sum(w.numel() for w in matrices)
             print(f"# {label}: {100 * zeros:.1f} % zeros in weight matrices; checkpoint "
@@ -283,6 +289,8 @@ def main():
                     base = None
                     ct2 = ("ct2 float32", "ct2 int8") + (("ct2 int8 intra",) if threads > 1 else ()) + tuple(
                         name for name in ct2_envs if name != "ct2")
+                    if advised < -(-batch_size // threads):
+                        ct2 += (f"ct2 int8 mbs{advised}",)
                     ct2 = () if args.no_ct2 else ct2
                     for worker_name in ("fairseq",) + ct2:
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
