@@ -37,7 +37,8 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
   batches stay fairseq's (a resumed run finds the batches it left).
 - fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
 Not installed here but by the task itself: its ``inference_step`` turns on, for one beam search, the beamable
-encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``).
+encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``), and a list of the decoder's
+reordering modules in place of fairseq's walk over all of them at every step (``listed_reorder``).
 """
 import argparse
 import contextlib
@@ -161,10 +162,11 @@ def keeping_last_batch(keep: bool):
 def batch_by_size_keeping_the_last(indices, *args, **kwargs):
     """fairseq's batches, and the last one it drops for not being a multiple of required_batch_size_multiple:
     its batches are consecutive runs of ``indices``, so the indices past them are that batch."""
-    batches = _fairseq_batch_by_size(indices, *args, **kwargs)
     if not _keep_last_batch:
-        return batches
+        return _fairseq_batch_by_size(indices, *args, **kwargs)
+    # an array before fairseq's call (which would use up an iterator, leaving nothing to find the last batch in)
     indices = indices if isinstance(indices, np.ndarray) else np.fromiter(indices, dtype=np.int64, count=-1)
+    batches = _fairseq_batch_by_size(indices, *args, **kwargs)
     covered = sum(len(batch) for batch in batches)
     if covered < len(indices) and inspect.signature(_fairseq_batch_by_size).bind(
             indices, *args, **kwargs).arguments.get("fixed_shapes") is None:

@@ -381,6 +381,18 @@ def test_the_training_split_keeps_fairseqs_batches(data_bin, dense_run):
     assert len(covered["train"]) == len(task.dataset("train")) - 2  # 2000 = 666 x 3 + 2: fairseq's 666 batches
 
 
+def test_the_last_batch_is_kept_from_indices_given_as_an_iterator():
+    """fairseq's batch_by_size also takes a generator of indices, which its call uses up: the batches past it
+    are found in the indices read before that call."""
+    from fairseq_slt import fairseq_patches
+
+    fairseq_patches.install()
+    with fairseq_patches.keeping_last_batch(True):
+        batches = fairseq_patches.batch_by_size_keeping_the_last(
+            (i for i in range(13)), lambda i: 10, max_sentences=4, required_batch_size_multiple=4)
+    assert [list(map(int, batch)) for batch in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12]]
+
+
 def test_sparse_inference_is_refused_in_training(data_bin, tmp_path):
     result = train(data_bin, str(tmp_path / "run"), "--sparse-inference", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
