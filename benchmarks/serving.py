@@ -12,14 +12,14 @@ as the plugin applies it (the layer plan, then the whole-step trial); CTranslate
 export-ct2 --no-verify` folders (with N threads: N workers of one thread each, as it serves best, each batch
 shared out among them; 'ct2 int8 intra' is one batch at a time on N threads; 'ct2 int8 mbsM' the same batches
 served in CTranslate2 batches of at most M, the max_batch_size `export-ct2` advises for the model, where that is
-smaller); every engine batches sentences of
-similar source lengths, as fairseq-generate and CTranslate2's max_batch_size do. "fairseq dense" is
-fairseq-generate under the plugin's task (its beam search attends to each sentence's encoder output once:
-``beamable_attention``); "stock fairseq" the same weights through fairseq's own translation task. fairseq
-dense, sparse, a second copy of the dense weights ("dense again": the noise floor, two identical engines
-measured apart) and stock fairseq share a process, interleaved in --repeats rounds whose order rotates. One
-warm-up batch before each timed pass. Prints the median sentences/s, the ratio to fairseq dense (paired by round
-within a process), the rounds' spread, BLEU, and the sizes on disk.
+smaller); every engine batches sentences of similar source lengths, as fairseq-generate and CTranslate2's
+max_batch_size do. "fairseq dense" is fairseq-generate under the plugin's task (its beam search attends to each
+sentence's encoder output once: ``beamable_attention``; it reorders its cache through a list of modules:
+``listed_reorder``); "stock fairseq" the same weights through fairseq's own translation task. fairseq dense,
+sparse, a second copy of the dense weights ("dense again": the noise floor, two identical engines measured
+apart) and stock fairseq share a process, interleaved in --repeats rounds whose order rotates. One warm-up batch
+before each timed pass. Prints the median sentences/s, the ratio to fairseq dense (paired by round within a
+process), the rounds' spread, BLEU, and the sizes on disk.
 Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
 """
 import argparse
