@@ -12,7 +12,8 @@ as the plugin applies it (the layer plan, then the whole-step trial); CTranslate
 export-ct2 --no-verify` folders (with N threads: N workers of one thread each, as it serves best, each batch
 shared out among them; 'ct2 int8 intra' is one batch at a time on N threads; 'ct2 int8 mbsM' the same batches
 served in CTranslate2 batches of at most M, the max_batch_size `export-ct2` advises for the model, where that is
-smaller); every engine batches sentences of similar source lengths, as fairseq-generate and CTranslate2's
+smaller; 'ct2 int8 advised' as `export-ct2` tells to serve it: those batches, and CT2_FORCE_CPU_ISA=AVX512 where
+it advises that); every engine batches sentences of similar source lengths, as fairseq-generate and CTranslate2's
 max_batch_size do. "fairseq dense" is fairseq-generate under the plugin's task (its beam search attends to each
 sentence's encoder output once: ``beamable_attention``; it reorders its cache through a list of modules:
 ``listed_reorder``); "stock fairseq" the same weights through fairseq's own translation task. fairseq dense,
@@ -175,8 +176,8 @@ def worker(args) -> None:
         intra, threads = args.worker.endswith(" intra"), args.threads[0]
         translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1 if intra else threads,
                                             intra_threads=threads if intra else 1)
-        most = int(args.worker.rpartition("mbs")[2]) if " mbs" in args.worker else 0
-        engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed, most)
+        engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed,
+                                                                   args.ct2_most)
     report = {name: {"sentences": len(sources)} for name in engines}
     names = list(engines)
     for fixed in (0, args.fixed_length):
@@ -238,6 +239,7 @@ def main():
                              "LABEL' (e.g. avx512:CT2_FORCE_CPU_ISA=AVX512 or mkl:CT2_USE_MKL=1); repeatable")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ct2-model", help=argparse.SUPPRESS)
+    parser.add_argument("--ct2-most", type=int, default=0, help=argparse.SUPPRESS)  # CTranslate2's max_batch_size
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -245,6 +247,7 @@ def main():
 
     labels = model_labels(args)
     # engine name -> its environment: CTranslate2 as installed, then int8 under each --ct2-variant
+    # (and 'ct2 int8 advised', once CTranslate2's runtime here is known)
     ct2_envs = {} if args.no_ct2 else {"ct2": {}, **{f"ct2 int8 {label}": env for label, env in
                                                      parse_variants(args.ct2_variant).items()}}
     import ctranslate2
@@ -263,8 +266,9 @@ def main():
           "CTranslate2 with N threads: N workers of one thread (inter_threads=N, intra_threads=1), each batch shared "
           "out among them (N batches of batch/N sentences at a time; at batch 1 N sentences at a time), 'ct2 int8 "
           "intra' one batch at a time on N threads, 'ct2 int8 mbsM' the same batches served in batches of at most M "
-          "(max_batch_size=M, what export-ct2 advises for the model, where it is smaller than batch/N)")
-    print(f"{'model':<16} {'engine':<15} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
+          "(max_batch_size=M, what export-ct2 advises for the model, where it is smaller than batch/N), 'ct2 int8 "
+          "advised' served as export-ct2 advises (max_batch_size=M, and its environment setting if any)")
+    print(f"{'model':<16} {'engine':<16} {'batch':>5} {'thr':>3} {'sents':>5} {'natural':>22} {'fixed':>22} "
           f"{'BLEU':>6}")
     try:
         checkpoints = ([(pruned_copy(c, s, work), f"{name} {100 * s:g}%") for c, name in zip(args.checkpoints, labels)
@@ -279,20 +283,26 @@ def main():
             print(f"# {label}: {100 * zeros:.1f} % zeros in weight matrices; checkpoint "
                   f"{os.path.getsize(checkpoint) / 1e6:.2f} MB" + "".join(
                       f", ct2 {q} {size / 1e6:.2f} MB" for q, size in sizes.items()), flush=True)
+            if translators:  # export-ct2's advice: batches of at most `advised`, in this environment
+                ct2_envs.pop("ct2 int8 advised", None)
+                ct2_envs["ct2 int8 advised"] = ct2_runtime.isa_setting(
+                    ct2_runtime.runtime(translators["int8"])["isa"], ct2_runtime.cpu_flags(), os.environ)
             for name, env in ct2_envs.items():
                 found = ct2_runtime.runtime(translators["int8"], env)
                 print(f"# {name}: ISA {found['isa']}, int8 GEMM {found['int8_gemm']}, float32 GEMM "
-                      f"{found['float32_gemm']}", flush=True)
+                      f"{found['float32_gemm']}" + (f"; max_batch_size {advised}" if name.endswith("advised") else ""),
+                      flush=True)
             trials = []
             for batch_size in args.batch_sizes:
                 for threads in args.threads:
                     base = None
-                    ct2 = ("ct2 float32", "ct2 int8") + (("ct2 int8 intra",) if threads > 1 else ()) + tuple(
-                        name for name in ct2_envs if name != "ct2")
+                    # engine -> CTranslate2's max_batch_size (0: each batch shared out among the N workers)
+                    ct2 = {"ct2 float32": 0, "ct2 int8": 0, **({"ct2 int8 intra": 0} if threads > 1 else {}),
+                           **{name: 0 for name in ct2_envs if name not in ("ct2", "ct2 int8 advised")}}
                     if advised < -(-batch_size // threads):
-                        ct2 += (f"ct2 int8 mbs{advised}",)
-                    ct2 = () if args.no_ct2 else ct2
-                    for worker_name in ("fairseq",) + ct2:
+                        ct2[f"ct2 int8 mbs{advised}"] = advised
+                    ct2 = {} if args.no_ct2 else {**ct2, "ct2 int8 advised": advised}
+                    for worker_name in ("fairseq", *ct2):
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
                                    "--worker", worker_name, "--batch-sizes", str(batch_size), "--threads", str(threads),
                                    "--sentences", str(args.sentences), "--sentences-batch1", str(args.sentences_batch1),
@@ -300,7 +310,8 @@ def main():
                                    *(["--also-blocks", str(args.also_blocks)] if args.also_blocks else []),
                                    *(["--also-torch-csr"] if args.also_torch_csr else [])]
                         if worker_name.startswith("ct2"):
-                            command += ["--ct2-model", translators[worker_name.split()[1]]]
+                            command += ["--ct2-model", translators[worker_name.split()[1]],
+                                        "--ct2-most", str(ct2[worker_name])]
                         done = subprocess.run(command, capture_output=True, text=True, env=dict(
                             os.environ, OMP_NUM_THREADS=str(threads), **ct2_envs.get(worker_name, {})))
                         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -312,7 +323,7 @@ def main():
                             bleu = BLEU().corpus_score(report["hyps"], [refs[:n]]).score
                             cells = [f"{report[k]:>8.2f} ({report.get(k + '_paired', report[k] / base[k]):.2f}x "
                                      f"{100 * report[k + '_spread']:>2.0f}%)" for k in ("natural", "fixed")]
-                            print(f"{label[:16]:<16} {engine:<15} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>22} "
+                            print(f"{label[:16]:<16} {engine:<16} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>22} "
                                   f"{cells[1]:>22} {bleu:>6.2f}", flush=True)
                             trials += report.get("trial", [])
             for line in trials:

@@ -127,4 +127,7 @@ def test_avx512_advice_only_where_ctranslate2_leaves_it_unused(tmp_path):
     assert advice("AVX512", flags, {}) is None  # chosen by itself (an Intel CPU)
     assert advice("AVX2", flags, {"CT2_FORCE_CPU_ISA": "AVX2"}) is None  # the server already chose
     assert advice("AVX2", flags - {"avx512bw"}, {}) is None and advice("AVX2", set(), {}) is None
+    # the same decisions as an environment to serve with (benchmarks/serving.py's 'ct2 int8 advised')
+    assert ct2_runtime.isa_setting("AVX2", flags, {}) == {"CT2_FORCE_CPU_ISA": "AVX512"}
+    assert ct2_runtime.isa_setting("AVX512", flags, {}) == ct2_runtime.isa_setting("AVX2", set(), {}) == {}
     assert ct2_runtime.cpu_flags(str(tmp_path / "absent")) == set()

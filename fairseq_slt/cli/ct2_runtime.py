@@ -40,9 +40,16 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Set[str]:
     return set(line.partition(":")[2].split())
 
 
+def isa_setting(chosen: str, flags: Set[str], environ: Mapping[str, str]) -> Dict[str, str]:
+    """The environment to serve with where CTranslate2 chose less than the CPU's AVX-512 by itself (else none)."""
+    if chosen in ("AVX512", "?") or "CT2_FORCE_CPU_ISA" in environ or not AVX512 <= flags:
+        return {}
+    return {"CT2_FORCE_CPU_ISA": "AVX512"}
+
+
 def isa_advice(chosen: str, flags: Set[str], environ: Mapping[str, str]) -> Optional[str]:
     """A line of advice where CTranslate2 chose less than the CPU's AVX-512 by itself; None otherwise."""
-    if chosen in ("AVX512", "?") or "CT2_FORCE_CPU_ISA" in environ or not AVX512 <= flags:
+    if not isa_setting(chosen, flags, environ):
         return None
     return (f"this CPU has AVX-512 but CTranslate2 chose {chosen}: serve with CT2_FORCE_CPU_ISA=AVX512 in the "
             "environment (faster on an AMD EPYC: docs/deployment.md)")
