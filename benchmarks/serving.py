@@ -18,9 +18,11 @@ max_batch_size do. "fairseq dense" is fairseq-generate under the plugin's task (
 sentence's encoder output once: ``beamable_attention``; it reorders its cache through a list of modules:
 ``listed_reorder``); "stock fairseq" the same weights through fairseq's own translation task. fairseq dense,
 sparse, a second copy of the dense weights ("dense again": the noise floor, two identical engines measured
-apart) and stock fairseq share a process, interleaved in --repeats rounds whose order rotates. One warm-up batch
-before each timed pass. Prints the median sentences/s, the ratio to fairseq dense (paired by round within a
-process), the rounds' spread, BLEU, and the sizes on disk.
+apart) and stock fairseq share a process. Each of --repeats rounds times every engine once, process after
+process (``interleaved``: the processes' order, and the engines' order within one, rotated each round), so that
+a drift of the machine's speed reaches all engines of a round alike. One warm-up batch before each timed pass.
+Prints the median sentences/s, the ratio to fairseq dense (the median of the rounds' ratios), the rounds'
+spread, BLEU, and the sizes on disk.
 Usage: python benchmarks/serving.py --data DATA_BIN --references TEST.de CKPT [CKPT ...] [--prune 0.9 ...]
 """
 import argparse
@@ -30,7 +32,6 @@ import logging
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import interleaved  # noqa: E402
 from fairseq_slt import sparse_inference, step_trial  # noqa: E402
 from fairseq_slt.cli import ct2_runtime  # noqa: E402
 from fairseq_slt.cli.export_ct2 import _folder_bytes, detokenize, serving_batch_size  # noqa: E402
@@ -115,13 +118,6 @@ def parse_variants(specs) -> dict:
     return variants
 
 
-def timed(run):
-    run(warm=True)
-    started = time.perf_counter()
-    output = run(warm=False)
-    return output, time.perf_counter() - started
-
-
 def export(checkpoint: str, data: str, quantization: str, folder: str) -> str:
     out = os.path.join(folder, f"ct2-{os.path.basename(checkpoint)}-{quantization}")
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "fairseq-slt"), "export-ct2", checkpoint, out, "--data", data,
@@ -139,9 +135,9 @@ def sparse_engine(task, model, plan, batch_size):
 
 
 def worker(args) -> None:
-    """CTranslate2 (one precision), or fairseq dense and --sparse-inference (alternating passes: D S D S ..., so
-    that a drift of the machine's speed reaches both alike) at one batch size and thread count, in a process of
-    its own (two engines' thread pools in one process slow each other down): prints one JSON line."""
+    """CTranslate2 (one precision and setting), or fairseq dense, --sparse-inference and their controls, at one
+    batch size and thread count, in a process of its own (two engines' thread pools in one process slow each
+    other down): times its engines in the rounds the parent asks for (``interleaved.serve``)."""
     import json
 
     torch.set_num_threads(args.threads[0])
@@ -173,31 +169,15 @@ def worker(args) -> None:
         # batch shared out among them; "... intra": one batch at a time on N threads, which is 2-20x slower than
         # one thread on the 2-vCPU machine of docs/benchmarks (the threads' synchronisation costs more than the
         # work it shares)
+        del model  # the dataset and dictionary are what CTranslate2's worker needs of fairseq
         intra, threads = args.worker.endswith(" intra"), args.threads[0]
         translator = ctranslate2.Translator(args.ct2_model, device="cpu", inter_threads=1 if intra else threads,
                                             intra_threads=threads if intra else 1)
         engines[args.worker] = lambda chosen, fixed: ct2_translate(translator, tokens, chosen, batch_size, fixed,
                                                                    args.ct2_most)
-    report = {name: {"sentences": len(sources)} for name in engines}
-    names = list(engines)
-    for fixed in (0, args.fixed_length):
-        speeds = {name: [] for name in names}
-        for round_ in range(args.repeats):  # interleaved rounds, the order rotated each round
-            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                out, seconds = timed(lambda warm: engines[name](sources[:batch_size] if warm else sources, fixed))
-                speeds[name].append(len(sources) / seconds)
-                if not fixed:
-                    report[name]["hyps"] = [out[i] for i in sources]
-        for name in names:
-            key = "fixed" if fixed else "natural"
-            report[name][key] = statistics.median(speeds[name])
-            report[name][key + "_spread"] = (max(speeds[name]) - min(speeds[name])) / report[name][key]
-            if name != names[0]:  # paired: this engine's speed over the first's in the same round
-                report[name][key + "_paired"] = statistics.median(
-                    a / b for a, b in zip(speeds[name], speeds[names[0]]))
+    interleaved.serve(engines, sources, batch_size)  # the rounds the parent asks for, until it closes stdin
     if trial is not None:
-        report["fairseq sparse"]["trial"] = plan.summary() + trial.summary()
-    print("RESULT " + json.dumps(report), flush=True)
+        print("TRIAL " + json.dumps(plan.summary() + trial.summary()), flush=True)
 
 
 def add_model_arguments(parser, sentences: int, sentences_batch1: int, repeats: int, repeats_help: str) -> None:
@@ -259,9 +239,9 @@ def main():
     work = tempfile.mkdtemp(prefix="serving-")
     print(f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}, beam 5, each engine and setting in a "
           "process of its own (fairseq dense under the plugin's task, sparse, the same dense weights again, and stock "
-          "fairseq's translation task interleaved in one, the order rotated each round), "
-          f"median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: of the medians, or for engines in "
-          "its process the median of the rounds' ratios; then the spread of the rounds, "
+          "fairseq's translation task in one), each round timing every engine once, process after process, the "
+          f"order rotated each round; median of {args.repeats} rounds; sentences/s (ratio to fairseq dense: the "
+          "median of the rounds' ratios; then the spread of the rounds, "
           "max - min over the median); BLEU of the natural pass; batches of similar source lengths for every engine; "
           "CTranslate2 with N threads: N workers of one thread (inter_threads=N, intra_threads=1), each batch shared "
           "out among them (N batches of batch/N sentences at a time; at batch 1 N sentences at a time), 'ct2 int8 "
@@ -295,37 +275,45 @@ def main():
             trials = []
             for batch_size in args.batch_sizes:
                 for threads in args.threads:
-                    base = None
                     # engine -> CTranslate2's max_batch_size (0: each batch shared out among the N workers)
                     ct2 = {"ct2 float32": 0, "ct2 int8": 0, **({"ct2 int8 intra": 0} if threads > 1 else {}),
                            **{name: 0 for name in ct2_envs if name not in ("ct2", "ct2 int8 advised")}}
                     if advised < -(-batch_size // threads):
                         ct2[f"ct2 int8 mbs{advised}"] = advised
                     ct2 = {} if args.no_ct2 else {**ct2, "ct2 int8 advised": advised}
+                    commands = {}
                     for worker_name in ("fairseq", *ct2):
                         command = [sys.executable, os.path.abspath(__file__), checkpoint, "--data", args.data,
                                    "--worker", worker_name, "--batch-sizes", str(batch_size), "--threads", str(threads),
                                    "--sentences", str(args.sentences), "--sentences-batch1", str(args.sentences_batch1),
-                                   "--fixed-length", str(args.fixed_length), "--repeats", str(args.repeats),
                                    *(["--also-blocks", str(args.also_blocks)] if args.also_blocks else []),
                                    *(["--also-torch-csr"] if args.also_torch_csr else [])]
                         if worker_name.startswith("ct2"):
                             command += ["--ct2-model", translators[worker_name.split()[1]],
                                         "--ct2-most", str(ct2[worker_name])]
-                        done = subprocess.run(command, capture_output=True, text=True, env=dict(
-                            os.environ, OMP_NUM_THREADS=str(threads), **ct2_envs.get(worker_name, {})))
-                        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-                        if line is None:
-                            raise SystemExit(f"{worker_name} failed: {done.stderr[-2000:]}")
-                        for engine, report in json.loads(line[len("RESULT "):]).items():
-                            base = base or report
-                            n = report["sentences"]
-                            bleu = BLEU().corpus_score(report["hyps"], [refs[:n]]).score
-                            cells = [f"{report[k]:>8.2f} ({report.get(k + '_paired', report[k] / base[k]):.2f}x "
-                                     f"{100 * report[k + '_spread']:>2.0f}%)" for k in ("natural", "fixed")]
-                            print(f"{label[:16]:<16} {engine:<16} {batch_size:>5} {threads:>3} {n:>5} {cells[0]:>22} "
-                                  f"{cells[1]:>22} {bleu:>6.2f}", flush=True)
-                            trials += report.get("trial", [])
+                        commands[worker_name] = (command, dict(os.environ, OMP_NUM_THREADS=str(threads),
+                                                               **ct2_envs.get(worker_name, {})))
+                    workers = interleaved.Workers(commands)
+                    passes = {"natural": 0, "fixed": args.fixed_length}
+                    speeds, hyps = {key: {} for key in passes}, {}
+                    try:
+                        for key, fixed in passes.items():
+                            for round_ in range(args.repeats):
+                                results = workers.round(fixed, round_, hyps=key == "natural" and round_ == 0)
+                                for engine, result in results.items():
+                                    speeds[key].setdefault(engine, []).append(result["sentences"] / result["seconds"])
+                                    hyps.setdefault(engine, result.get("hyps"))
+                    finally:
+                        tails = workers.close()
+                    trials += [line for text in tails.values() for x in text.splitlines() if x.startswith("TRIAL ")
+                               for line in json.loads(x[len("TRIAL "):])]
+                    summaries = {key: interleaved.summary(speeds[key], "fairseq dense") for key in passes}
+                    for engine, found in hyps.items():
+                        bleu = BLEU().corpus_score(found, [refs[:len(found)]]).score
+                        cells = [f"{median:>8.2f} ({ratio:.2f}x {100 * spread:>2.0f}%)"
+                                 for median, spread, ratio in (summaries[key][engine] for key in passes)]
+                        print(f"{label[:16]:<16} {engine:<16} {batch_size:>5} {threads:>3} {len(found):>5} "
+                              f"{cells[0]:>22} {cells[1]:>22} {bleu:>6.2f}", flush=True)
             for line in trials:
                 print(f"  --sparse-inference: {line}")
     finally:
