@@ -28,12 +28,11 @@ def rotated(items: Sequence, by: int) -> list:
     return items[by:] + items[:by]
 
 
-def serve(engines: Dict[str, Callable], sources: list, batch_size: int, stdin=None, stdout=None) -> None:
+def serve(engines: Dict[str, Callable], sources: list, batch_size: int) -> None:
     """Worker side. ``engines``: name -> translate(sentence ids, fixed length) -> {id: hypothesis}. Each round
     runs every engine once (its order rotated each round), each after a warm-up batch; returns at end of input."""
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    print("READY", file=stdout, flush=True)
-    for line in stdin:
+    print("READY", flush=True)
+    for line in sys.stdin:
         command, result = json.loads(line), {}
         for name in rotated(engines, command["round"]):
             engines[name](sources[:batch_size], command["fixed"])  # warm-up
@@ -42,7 +41,7 @@ def serve(engines: Dict[str, Callable], sources: list, batch_size: int, stdin=No
             result[name] = {"seconds": time.perf_counter() - started, "sentences": len(sources)}
             if command.get("hyps"):
                 result[name]["hyps"] = [out[i] for i in sources]
-        print("RESULT " + json.dumps(result), file=stdout, flush=True)
+        print("RESULT " + json.dumps(result), flush=True)
 
 
 class Workers:

@@ -227,7 +227,6 @@ def main():
 
     labels = model_labels(args)
     # engine name -> its environment: CTranslate2 as installed, then int8 under each --ct2-variant
-    # (and 'ct2 int8 advised', once CTranslate2's runtime here is known)
     ct2_envs = {} if args.no_ct2 else {"ct2": {}, **{f"ct2 int8 {label}": env for label, env in
                                                      parse_variants(args.ct2_variant).items()}}
     import ctranslate2
@@ -263,12 +262,13 @@ def main():
             print(f"# {label}: {100 * zeros:.1f} % zeros in weight matrices; checkpoint "
                   f"{os.path.getsize(checkpoint) / 1e6:.2f} MB" + "".join(
                       f", ct2 {q} {size / 1e6:.2f} MB" for q, size in sizes.items()), flush=True)
-            if translators:  # export-ct2's advice: batches of at most `advised`, in this environment
-                ct2_envs.pop("ct2 int8 advised", None)
-                ct2_envs["ct2 int8 advised"] = ct2_runtime.isa_setting(
-                    ct2_runtime.runtime(translators["int8"])["isa"], ct2_runtime.cpu_flags(), os.environ)
-            for name, env in ct2_envs.items():
-                found = ct2_runtime.runtime(translators["int8"], env)
+            runtimes = {name: ct2_runtime.runtime(translators["int8"], env) for name, env in ct2_envs.items()}
+            envs = dict(ct2_envs)  # and export-ct2's advice: batches of at most `advised`, in this environment
+            if translators:
+                envs["ct2 int8 advised"] = ct2_runtime.isa_setting(runtimes["ct2"]["isa"], ct2_runtime.cpu_flags(),
+                                                                   os.environ)
+                runtimes["ct2 int8 advised"] = ct2_runtime.runtime(translators["int8"], envs["ct2 int8 advised"])
+            for name, found in runtimes.items():
                 print(f"# {name}: ISA {found['isa']}, int8 GEMM {found['int8_gemm']}, float32 GEMM "
                       f"{found['float32_gemm']}" + (f"; max_batch_size {advised}" if name.endswith("advised") else ""),
                       flush=True)
@@ -277,7 +277,7 @@ def main():
                 for threads in args.threads:
                     # engine -> CTranslate2's max_batch_size (0: each batch shared out among the N workers)
                     ct2 = {"ct2 float32": 0, "ct2 int8": 0, **({"ct2 int8 intra": 0} if threads > 1 else {}),
-                           **{name: 0 for name in ct2_envs if name not in ("ct2", "ct2 int8 advised")}}
+                           **{name: 0 for name in ct2_envs if name != "ct2"}}
                     if advised < -(-batch_size // threads):
                         ct2[f"ct2 int8 mbs{advised}"] = advised
                     ct2 = {} if args.no_ct2 else {**ct2, "ct2 int8 advised": advised}
@@ -292,7 +292,7 @@ def main():
                             command += ["--ct2-model", translators[worker_name.split()[1]],
                                         "--ct2-most", str(ct2[worker_name])]
                         commands[worker_name] = (command, dict(os.environ, OMP_NUM_THREADS=str(threads),
-                                                               **ct2_envs.get(worker_name, {})))
+                                                               **envs.get(worker_name, {})))
                     workers = interleaved.Workers(commands)
                     passes = {"natural": 0, "fixed": args.fixed_length}
                     speeds, hyps = {key: {} for key in passes}, {}
