@@ -240,7 +240,7 @@ def summary(report: dict) -> str:
     # on CPU CTranslate2 serves fastest with one thread a batch and a batch per core (docs/deployment.md)
     lines.append(f"  serve it: ctranslate2.Translator({report['output']!r}, device='cpu', inter_threads=<cores>, "
                  f"intra_threads=1).translate_batch(sentences, beam_size=5, "
-                 f"max_batch_size={report.get('max_batch_size', 32)})")
+                 f"max_batch_size={report['max_batch_size']})")
     found = report.get("runtime")
     if found:
         lines.append(f"  here CTranslate2 runs {found['isa']} code, int8 products by {found['int8_gemm']} and float32 "
