@@ -1,10 +1,11 @@
 """Beam search under translation_slt attends to each sentence's encoder output once, reorders its cache through a
-list of modules made once per batch, and translates exactly as stock fairseq does; outside a beam search
-(training, scoring) the model is untouched."""
+list of modules made once per batch, copies the encoder output only where sentences leave the batch, and
+translates exactly as stock fairseq does; outside a beam search (training, scoring) the model is untouched."""
 import argparse
 
 import pytest
 import torch
+from fairseq.models.transformer import TransformerEncoderBase
 from fairseq.tasks.translation import TranslationTask
 
 from fairseq_slt.beamable_attention import MIN_SENTENCES
@@ -96,3 +97,36 @@ def test_beam_search_lists_the_decoders_reordering_modules_once_per_batch_not_on
     assert stock_walks > 10 * len(stock_sentences)  # fairseq: one walk per decoding step
     assert len(walks) == len(sentences)  # here: one per batch, the list made before its search
     assert "reorder_incremental_state_scripting" not in vars(model.decoder)  # fairseq's method again after it
+
+
+def test_beam_search_copies_the_encoder_output_only_where_sentences_leave_the_batch(loaded, monkeypatch):
+    task, model = loaded
+    copies, copying = [], TransformerEncoderBase.reorder_encoder_out
+
+    def counted(encoder, encoder_out, new_order):  # fairseq's copy, recording (rows held, rows ordered)
+        copies.append((encoder_out["encoder_out"][0].size(1), new_order.numel()))
+        return copying(encoder, encoder_out, new_order)
+
+    def ending(tokens, encoder_out, **kwargs):
+        """Every hypothesis ends once it is as long as its source (read from the encoder output's rows): the
+        tiny model alone runs every sentence to the batch's length limit, so that none would leave early."""
+        output = decoding(tokens, encoder_out=encoder_out, **kwargs)
+        lengths = encoder_out["src_lengths"][0].view(-1)
+        output[0][lengths <= tokens.size(1), -1, task.target_dictionary.eos()] = 1e4
+        return output
+
+    decoding = model.decoder.forward
+    monkeypatch.setattr(TransformerEncoderBase, "reorder_encoder_out", counted)
+    monkeypatch.setattr(model.decoder, "forward", ending)  # fairseq's generator calls decoder.forward itself
+    stock, _, sentences = _generate(task, model, _stock(task))
+    stock_copies = list(copies)
+    copies.clear()
+    ours, _, _ = _generate(task, model, task.inference_step)
+    changed = [(held, ordered) for held, ordered in stock_copies if held != ordered]
+    assert len(stock_copies) > 5 * len(sentences)  # fairseq: one copy per decoding step
+    assert len(changed) > 2 * len(sentences)  # the copies before each batch's search, and sentences leaving
+    assert copies == changed  # here: those copies alone, as fairseq makes them
+    assert {sentence: [h[0] for h in hypotheses] for sentence, hypotheses in ours.items()} == \
+        {sentence: [h[0] for h in hypotheses] for sentence, hypotheses in stock.items()}
+    assert {len(h[0][0]) for h in stock.values()} != {31}  # not all run to the length limit
+    assert "reorder_encoder_out" not in vars(model.encoder)  # fairseq's method again after it

@@ -10,7 +10,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import beamable_attention, fairseq_patches, listed_reorder, sparse_inference, step_trial
+from .. import beamable_attention, encoder_reorder, fairseq_patches, listed_reorder, sparse_inference, step_trial
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
@@ -137,7 +137,8 @@ class TranslationSLTTask(TranslationTask):
         return super().build_generator(models, args, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
-        with beamable_attention.generating(generator, models, sample), listed_reorder.generating(models):
+        with beamable_attention.generating(generator, models, sample), listed_reorder.generating(models), \
+                encoder_reorder.generating(generator, models):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:
