@@ -8,7 +8,8 @@ sentence's offset to the beam it picks), so such a copy puts rows onto rows that
 for bit. ``generating`` has each transformer encoder keep its output where the new order has as many rows as the
 output has: no sentence has left the batch. Where the order has fewer rows (finished sentences leave) or more
 (the copies before the first step), the encoder copies as fairseq does. The demo-size model at batch 64 spent
-about a tenth of its decoding time in these copies (cProfile, two threads).
+about a tenth of its decoding time in these copies (cProfile, two threads); without them it translated 1.03-1.05x
+faster dense and 1.07-1.08x faster with --sparse-inference (one and two threads, 128 sentences, 5 rounds).
 """
 import contextlib
 
