@@ -3,7 +3,8 @@
 # CTranslate2 float32 and int8, 1 and 2 threads, batch 1 and 64, natural and fixed lengths, BLEU of each, on
 # the base-size MP 90 % model (13_base_model.sh, in BASE_WORK) and the demo-size SLT 90 % (WORK/slt/slt_0.9),
 # into OUT with the command, date, CPU and the base model's updates above the table. Measure with nothing else
-# running (pause other training with kill -STOP, kill -CONT after); 28 min with the default SERVING_ARGS (measured).
+# running (pause other training with kill -STOP, kill -CONT after); 21-23 min with the default SERVING_ARGS on a
+# 2-core AMD EPYC (measured: 1236 and 1346 s).
 # Skipped when OUT exists (delete it to measure again); with COMMIT_REPO set, OUT is committed there.
 #   WORK=runs/multi30k bash examples/multi30k/14_serving_benchmark.sh
 RECIPE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)" && ROOT_DIR="$(cd "$RECIPE/../.." && pwd)"
@@ -18,7 +19,7 @@ for run in "$base" "$demo"; do  # both trained to the end, or nothing is measure
       "for the demo-size one)" >&2; exit 1; }
 done
 source "$RECIPE/common.sh"
-echo "serving benchmark (about 30 min) into $OUT"
+echo "serving benchmark (about 25 min) into $OUT"
 command=(python3 "$ROOT_DIR/benchmarks/serving.py" "$base/checkpoint_best.pt" "$demo/checkpoint_best.pt"
   --labels base-MP demo-SLT --data "$WORK/data/data-bin" --references "$WORK/data/text/test.$TGT")
 # shellcheck disable=SC2206
