@@ -23,7 +23,7 @@ def loaded(data_bin, slt_run):
 def _generate(task, model, step, **options):
     """Every hypothesis (tokens, score, alignment) of every test sentence, and the batch sizes that the first
     decoder layer's encoder attention projected keys for."""
-    generator = task.build_generator([model], argparse.Namespace(beam=5, max_len_b=30, **options))
+    generator = task.build_generator([model], argparse.Namespace(**{"beam": 5, "max_len_b": 30, **options}))
     projected = []
     hook = model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(
         lambda module, inputs, output: projected.append(inputs[0].size(1)))
@@ -99,7 +99,28 @@ def test_beam_search_lists_the_decoders_reordering_modules_once_per_batch_not_on
     assert "reorder_incremental_state_scripting" not in vars(model.decoder)  # fairseq's method again after it
 
 
-def test_beam_search_copies_the_encoder_output_only_where_sentences_leave_the_batch(loaded, monkeypatch):
+@pytest.fixture
+def ending_early(loaded, monkeypatch):
+    """Every hypothesis ends once it is as long as its source (read from the encoder output's rows): the tiny
+    model alone runs every sentence to the batch's length limit, so that none would leave a batch early."""
+    task, model = loaded
+    decoding = model.decoder.forward
+
+    def ending(tokens, encoder_out, **kwargs):
+        output = decoding(tokens, encoder_out=encoder_out, **kwargs)
+        lengths = encoder_out["src_lengths"][0].view(-1)
+        output[0][lengths <= tokens.size(1), -1, task.target_dictionary.eos()] = 1e4
+        return output
+
+    monkeypatch.setattr(model.decoder, "forward", ending)  # fairseq's generator calls decoder.forward itself
+
+
+def _tokens(results):
+    return {sentence: [h[0] for h in hypotheses] for sentence, hypotheses in results.items()}
+
+
+def test_beam_search_copies_the_encoder_output_only_where_sentences_leave_the_batch(loaded, ending_early,
+                                                                                    monkeypatch):
     task, model = loaded
     copies, copying = [], TransformerEncoderBase.reorder_encoder_out
 
@@ -107,17 +128,7 @@ def test_beam_search_copies_the_encoder_output_only_where_sentences_leave_the_ba
         copies.append((encoder_out["encoder_out"][0].size(1), new_order.numel()))
         return copying(encoder, encoder_out, new_order)
 
-    def ending(tokens, encoder_out, **kwargs):
-        """Every hypothesis ends once it is as long as its source (read from the encoder output's rows): the
-        tiny model alone runs every sentence to the batch's length limit, so that none would leave early."""
-        output = decoding(tokens, encoder_out=encoder_out, **kwargs)
-        lengths = encoder_out["src_lengths"][0].view(-1)
-        output[0][lengths <= tokens.size(1), -1, task.target_dictionary.eos()] = 1e4
-        return output
-
-    decoding = model.decoder.forward
     monkeypatch.setattr(TransformerEncoderBase, "reorder_encoder_out", counted)
-    monkeypatch.setattr(model.decoder, "forward", ending)  # fairseq's generator calls decoder.forward itself
     stock, _, sentences = _generate(task, model, _stock(task))
     stock_copies = list(copies)
     copies.clear()
@@ -126,7 +137,18 @@ def test_beam_search_copies_the_encoder_output_only_where_sentences_leave_the_ba
     assert len(stock_copies) > 5 * len(sentences)  # fairseq: one copy per decoding step
     assert len(changed) > 2 * len(sentences)  # the copies before each batch's search, and sentences leaving
     assert copies == changed  # here: those copies alone, as fairseq makes them
-    assert {sentence: [h[0] for h in hypotheses] for sentence, hypotheses in ours.items()} == \
-        {sentence: [h[0] for h in hypotheses] for sentence, hypotheses in stock.items()}
+    assert _tokens(ours) == _tokens(stock)
     assert {len(h[0][0]) for h in stock.values()} != {31}  # not all run to the length limit
     assert "reorder_encoder_out" not in vars(model.encoder)  # fairseq's method again after it
+
+
+@pytest.mark.parametrize("search", [dict(beam=1), dict(beam=3, sampling=True, sampling_topk=10),
+                                    dict(nbest=3, lenpen=0.6), dict(match_source_len=True)],
+                         ids=["greedy", "sampling", "nbest-lenpen", "match-source-len"])
+def test_other_searches_translate_as_stock_fairseq_with_sentences_leaving_early(loaded, ending_early, search):
+    task, model = loaded
+    torch.manual_seed(1)
+    stock, _, _ = _generate(task, model, _stock(task), **search)
+    torch.manual_seed(1)
+    ours, _, _ = _generate(task, model, task.inference_step, **search)
+    assert len(ours) >= 90 and _tokens(ours) == _tokens(stock)
