@@ -43,6 +43,9 @@ SAMPLE_ROWS = 512
 # the same (15/15 keys, 1 and 2 threads; base-size at batch 64: 31/31, 1.39 -> 1.29 s, where big products dominate)
 MIN_SECONDS = 0.0005
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")  # fairseq MultiheadAttention's linear layers
+# the weights a CSR product runs on CPU: the row-major kernel takes float32, torch's (MKL) float32 and float64;
+# neither has float16 or bfloat16 ("addmm_out_sparse_csr_impl_mkl" not implemented for 'Half')
+CSR_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -198,14 +201,15 @@ def csr_of(weight: torch.Tensor) -> torch.Tensor:
 
 def sparsify(model: nn.Module, plan: Plan, min_sparsity: float = MIN_SPARSITY,
              trial: Optional["StepTrial"] = None, prefix: str = "") -> List[str]:
-    """Replace the model's mostly-zero ``nn.Linear`` layers (in place); returns the replaced names.
+    """Replace the model's mostly-zero ``nn.Linear`` layers (in place; CPU, float32 or float64 weights: the others
+    stay as they are); returns the replaced names.
     ``trial`` (a ``step_trial.StepTrial``): each direct child of the model that holds a replaced layer (fairseq's
     encoder and decoder) becomes a step it checks (named ``prefix`` + its name: one prefix per model of an
     ensemble)."""
     targets = []
     for parent_name, parent in model.named_modules():
         for child_name, child in parent.named_children():
-            if type(child) is nn.Linear and child.weight.device.type == "cpu":
+            if type(child) is nn.Linear and child.weight.device.type == "cpu" and child.weight.dtype in CSR_DTYPES:
                 zeros = float((child.weight.detach() == 0).float().mean())
                 if zeros >= min_sparsity:
                     targets.append((parent, child_name, f"{parent_name}.{child_name}".lstrip(".")))

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 from omegaconf import OmegaConf
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import SHORT_HYPOTHESES, USER_DIR, run_tool, train
@@ -350,6 +351,33 @@ def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, s
     assert "--sparse-inference: 17 linear layers" in result.stdout
     assert "--sparse-inference: whole decoder calls, rows <= " in result.stdout + result.stderr
     assert "linear-layer calls ran sparse" in result.stdout
+
+
+def test_generate_refuses_sparse_inference_of_a_float16_model_in_one_line(data_bin, slt_run):
+    """fairseq-generate --fp16 halves the model: no CSR product on CPU takes float16, where the timing of the
+    first sparse layer ended in a traceback from torch."""
+    result = run_tool("fairseq-generate", data_bin, "--user-dir", USER_DIR, "--task", "translation_slt", "--path",
+                      slt_run["best"], "--gen-subset", "test", "--beam", 5, "--cpu", "--fp16", "--sparse-inference",
+                      *SHORT_HYPOTHESES.split(), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
+        "fairseq-slt: error: --sparse-inference runs float32 models only, and this one is float16 (drop --fp16 / --bf16)"]
+    assert not [line for line in result.stdout.splitlines() if line.startswith("H-")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_sparsify_takes_the_weights_a_csr_product_runs_and_leaves_the_others(dtype):
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 64).to(dtype)
+    with torch.no_grad():
+        linear.weight[torch.rand(64, 64) < 0.9] = 0
+    model, plan = nn.Sequential(linear), sparse_inference.Plan(always=True)
+    taken = dtype in (torch.float32, torch.float64)
+    assert sparse_inference.sparsify(model, plan) == (["0"] if taken else [])
+    x = torch.randn(5, 64, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), F.linear(x, linear.weight, linear.bias))
+    assert plan.calls == {"sparse": int(taken), "dense": 0}
 
 
 def test_generate_translates_every_test_sentence_where_fairseq_drops_the_last_batch(data_bin, dense_run):

@@ -144,6 +144,11 @@ class TranslationSLTTask(TranslationTask):
     def _sparsify(self, models) -> None:
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):
             raise user_exit("--sparse-inference runs on CPU only (add --cpu)")
+        other = sorted({str(p.dtype).replace("torch.", "") for model in models for p in model.parameters()
+                        if p.dtype not in sparse_inference.CSR_DTYPES})
+        if other:  # fairseq-generate --fp16/--bf16 halved the model: torch's CSR product has no such kernels
+            raise user_exit(f"--sparse-inference runs float32 models only, and this one is {', '.join(other)} "
+                            "(drop --fp16 / --bf16)")
         plan = sparse_inference.Plan()
         trial = step_trial.StepTrial(plan)
         atexit.register(lambda: [logger.info(f"--sparse-inference: {line}")
