@@ -5,8 +5,8 @@ import time
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import SHORT_HYPOTHESES, USER_DIR, run_tool, train
@@ -364,7 +364,8 @@ def test_generate_refuses_sparse_inference_of_a_float16_model_in_one_line(data_b
                       *SHORT_HYPOTHESES.split(), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
-        "fairseq-slt: error: --sparse-inference runs float32 models only, and this one is float16 (drop --fp16 / --bf16)"]
+        "fairseq-slt: error: --sparse-inference has no CSR product for float16 weights (drop --fp16 / --bf16: it runs "
+        "float32 models)"]
     assert not [line for line in result.stdout.splitlines() if line.startswith("H-")]
 
 

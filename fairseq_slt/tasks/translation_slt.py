@@ -147,8 +147,8 @@ class TranslationSLTTask(TranslationTask):
         other = sorted({str(p.dtype).replace("torch.", "") for model in models for p in model.parameters()
                         if p.dtype not in sparse_inference.CSR_DTYPES})
         if other:  # fairseq-generate --fp16/--bf16 halved the model: torch's CSR product has no such kernels
-            raise user_exit(f"--sparse-inference runs float32 models only, and this one is {', '.join(other)} "
-                            "(drop --fp16 / --bf16)")
+            raise user_exit(f"--sparse-inference has no CSR product for {', '.join(other)} weights "
+                            "(drop --fp16 / --bf16: it runs float32 models)")
         plan = sparse_inference.Plan()
         trial = step_trial.StepTrial(plan)
         atexit.register(lambda: [logger.info(f"--sparse-inference: {line}")
