@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["fairseq_slt", "fairseq_slt.*"]),
-    package_data={"fairseq_slt": ["csr_kernel.cpp"]},  # compiled on first use (csr_kernel.py)
+    package_data={"fairseq_slt": ["csr_kernel.cpp", "beam_topk.cpp"]},  # compiled on first use (native.py)
     python_requires=">=3.11",
     install_requires=[
         "fairseq-fixed==0.12.3.1",  # fairseq's main branch packaged for Python 3.11+ (import name: fairseq)

@@ -1,5 +1,5 @@
 // y = x W^T + bias for a CSR weight W (out x in), x and y row-major (rows x in, rows x out): what nn.Linear
-// computes, without the two transposing copies torch's CSR product needs. Built and loaded by csr_kernel.py.
+// computes, without the two transposing copies torch's CSR product needs. Loaded by csr_kernel.py.
 //
 // Rows are taken in blocks of B rows; each block of x is first transposed into scratch (in x B), so that one
 // weight entry W[j, k] multiplies B contiguous floats: V vectors of 8 (B = 8) or of 16 (B = 16, 32, 64; one

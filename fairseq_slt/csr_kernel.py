@@ -1,77 +1,36 @@
 """The row-major CSR kernel of ``csr_kernel.cpp``: nn.Linear's product with a CSR weight, without the two
 transposing copies torch's CSR product needs.
 
-It is compiled once per machine (C++ compiler ``$CXX``, default g++, with -march=native and OpenMP) into
-``$FAIRSEQ_SLT_CACHE`` (default ``~/.cache/fairseq_slt``), named by a digest of the source, the compiler and the
-CPU, and loaded with ctypes. Where it cannot be built, ``load()`` returns None and logs why, once; sparse
-inference then uses torch's CSR product alone. Torch only, no fairseq.
+It is built once per machine and loaded by ``native``. Where it cannot be built, ``load()`` returns None and
+logs why, once; sparse inference then uses torch's CSR product alone. Torch only, no fairseq.
 """
 import ctypes
-import hashlib
-import logging
-import os
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-logger = logging.getLogger(__name__)
+from . import native
+
 SOURCE = Path(__file__).with_name("csr_kernel.cpp")
 BLOCKS = (8, 16, 32, 64)  # rows per block the kernel is built for
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _state = {}  # "lib": the loaded library or None, once load() has run
 _scratch = threading.local()  # per Python thread: ctypes calls release the GIL
 
 
-def _cpu() -> str:
-    """The CPU's model and instruction sets (what -march=native compiles for)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return os.uname().machine
-    return "".join(next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags"))
-
-
-def _build(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=True).stdout
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), version, _cpu(), " ".join(FLAGS)]).encode()).hexdigest()
-    cache = Path(os.environ.get("FAIRSEQ_SLT_CACHE") or Path.home() / ".cache" / "fairseq_slt")
-    library = cache / f"csr_kernel-{digest[:16]}.so"
-    if not library.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=cache, suffix=".so.partial")
-        os.close(handle)
-        try:
-            done = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True,
-                                  timeout=300)
-            if done.returncode:
-                raise OSError(f"{compiler} failed: {(done.stderr.strip().splitlines() or ['?'])[0]}")
-            os.replace(partial, library)  # atomic: a library in the cache is always whole
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
-        logger.info(f"built the row-major CSR kernel: {library}")
-    return library
+def _declare(lib: ctypes.CDLL) -> None:
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    lib.csr_linear.argtypes = [pointer, size, size, size, pointer, pointer, pointer, pointer, pointer,
+                               ctypes.c_int, ctypes.c_int, pointer]
+    lib.csr_linear.restype = ctypes.c_int
 
 
 def load() -> Optional[ctypes.CDLL]:
     """The kernel's library (built on first use), or None where it cannot be built here."""
     if "lib" not in _state:
-        compiler = os.environ.get("CXX") or "g++"
-        try:
-            lib = ctypes.CDLL(str(_build(compiler)))
-        except (OSError, subprocess.SubprocessError) as error:
-            logger.warning(f"sparse inference uses torch's CSR product only: no row-major kernel ({error})")
-            lib = None
-        else:
-            pointer, size = ctypes.c_void_p, ctypes.c_int64
-            lib.csr_linear.argtypes = [pointer, size, size, size, pointer, pointer, pointer, pointer, pointer,
-                                       ctypes.c_int, ctypes.c_int, pointer]
-            lib.csr_linear.restype = ctypes.c_int
-        _state["lib"] = lib
+        _state["lib"] = native.load(SOURCE, _declare,
+                                    "sparse inference uses torch's CSR product only: no row-major kernel")
     return _state["lib"]
 
 

@@ -2,12 +2,18 @@
 list of modules made once per batch, copies the encoder output only where sentences leave the batch, and
 translates exactly as stock fairseq does; outside a beam search (training, scoring) the model is untouched."""
 import argparse
+import collections
+import contextlib
+import math
 
 import pytest
 import torch
 from fairseq.models.transformer import TransformerEncoderBase
+from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from fairseq.tasks.translation import TranslationTask
+from torch.overrides import TorchFunctionMode
 
+from fairseq_slt import vocab_passes
 from fairseq_slt.beamable_attention import MIN_SENTENCES
 
 
@@ -152,3 +158,118 @@ def test_other_searches_translate_as_stock_fairseq_with_sentences_leaving_early(
     torch.manual_seed(1)
     ours, _, _ = _generate(task, model, task.inference_step, **search)
     assert len(ours) >= 90 and _tokens(ours) == _tokens(stock)
+
+
+class _Counting(TorchFunctionMode):
+    """Counts the torch calls that make beam search's vocabulary-wide passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name == "ne" and len(args) == 2 and args[0] is args[1]:
+            name = "ne(x, x)"  # fairseq's NaN test
+        elif name == "topk" and args[0].size(-1) > 100:
+            name = "topk(sums)"  # the search's candidates (not its pick among them)
+        self.calls[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _with_nans(model, monkeypatch):
+    """Log-probabilities with NaN and -inf entries (every 7th token of every 3rd hypothesis, and more), the same
+    for every run."""
+    normalized = model.get_normalized_probs
+
+    def spoiled(net_output, log_probs, sample=None):
+        lprobs = normalized(net_output, log_probs, sample)
+        lprobs[::3, ..., 5::7] = math.nan
+        lprobs[1::3, ..., 9::11] = -math.inf
+        return lprobs
+
+    monkeypatch.setattr(model, "get_normalized_probs", spoiled)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_beam_search_leaves_out_fairseqs_costly_vocabulary_passes_and_finds_the_same_bits(loaded, monkeypatch,
+                                                                                          temperature):
+    task, model = loaded
+    _with_nans(model, monkeypatch)
+    results, calls, built, build = {}, {}, [], task.build_generator
+    monkeypatch.setattr(task, "build_generator", lambda *args, **kw: built.append(build(*args, **kw)) or built[-1])
+    for passes in ("fairseq's", "ours"):
+        with monkeypatch.context() as patches:
+            if passes == "fairseq's":  # the plugin's inference step less vocab_passes alone
+                patches.setattr(vocab_passes, "generating", lambda generator: contextlib.nullcontext())
+            with _Counting() as counting:
+                results[passes], _, sentences = _generate(task, model, task.inference_step, temperature=temperature,
+                                                          max_len_b=12)
+            calls[passes] = counting.calls
+    steps = calls["fairseq's"]["ne(x, x)"]
+    assert steps > 10 * len(sentences) and calls["fairseq's"]["topk(sums)"] == steps  # fairseq: one of each a step
+    assert calls["ours"]["ne(x, x)"] == 0 and calls["ours"]["nan_to_num_"] == steps
+    # the temperature's division of every logit at every step: left out at temperature 1 alone
+    assert calls["fairseq's"]["div_"] - calls["ours"]["div_"] == (steps if temperature == 1 else 0)
+    # torch.topk: the first step of each batch, the last (at the length limit every token but end-of-sentence is
+    # -inf: the k best tie), and the rare step where two of the k + 1 best sums are equal; the kernel took the rest
+    assert 2 * len(sentences) <= calls["ours"]["topk(sums)"] <= 2 * len(sentences) + steps // 20
+    ours, stock = results["ours"], results["fairseq's"]
+    assert len(ours) >= 90 and ours.keys() == stock.keys()
+    for sentence, hypotheses in stock.items():
+        assert [h[:2] for h in ours[sentence]] == [h[:2] for h in hypotheses]  # tokens and scores, exactly
+    assert {len(h[0][0]) for h in stock.values()} == {13}  # every hypothesis ran to the length limit
+    generator = built[-1]  # fairseq's methods again after the search
+    assert "_generate" not in vars(generator) and "forward_decoder" not in vars(generator.model)
+    assert "step" not in vars(generator.search)
+
+
+def test_where_fairseqs_source_differs_or_no_kernel_is_built_beam_search_is_fairseqs(loaded, monkeypatch):
+    task, model = loaded
+    stock, _, _ = _generate(task, model, _stock(task), max_len_b=8)
+    monkeypatch.setattr(vocab_passes, "_compiled", {})
+    monkeypatch.setitem(vocab_passes.REWRITES, (SequenceGenerator, "_generate"), [("not in fairseq's source", "")])
+    monkeypatch.setattr(vocab_passes, "_state", {"lib": None})
+    with _Counting() as counting:
+        ours, _, sentences = _generate(task, model, task.inference_step, max_len_b=8)
+    assert vocab_passes.rewritten(SequenceGenerator, "_generate") is None
+    assert vocab_passes.rewritten(EnsembleModel, "forward_decoder") is not None
+    assert counting.calls["ne(x, x)"] == counting.calls["topk(sums)"] > 5 * len(sentences)  # fairseq's, every step
+    assert counting.calls["div_"] < len(sentences) + 1  # the decoder step's rewrite still made (no division a step)
+    assert _tokens(ours) == _tokens(stock)
+
+
+def test_the_rewritten_methods_point_tracebacks_into_fairseqs_source():
+    for cls, name in vocab_passes.REWRITES:
+        original, rewritten = vars(cls)[name], vocab_passes.rewritten(cls, name)
+        assert rewritten is not None  # fairseq's source still has each line replaced: the rewrite is made
+        assert rewritten.__code__.co_filename == original.__code__.co_filename
+        assert rewritten.__code__.co_firstlineno == original.__code__.co_firstlineno
+        assert rewritten.__globals__ is original.__globals__ and rewritten.__qualname__ == original.__qualname__
+
+
+def _bits(tensor):
+    """Each entry's bits, every NaN as one."""
+    return torch.where(tensor.isnan(), torch.tensor(math.nan), tensor).view(torch.int32)
+
+
+def test_each_rewritten_line_leaves_the_bits_fairseqs_line_leaves():
+    special = torch.tensor([math.nan, -math.nan, math.inf, -math.inf, -0.0, 0.0, 1e-45, -1e-45, -3.4e38, 3.4e38, -1.5,
+                            torch.finfo().max, torch.finfo().min])
+    for replacements in vocab_passes.REWRITES.values():
+        for old, new in replacements:
+            for temperature in (1, 1.0, 0.7):
+                outcomes = []
+                for line in (old, new):
+                    scope = {"torch": torch, "math": math, "lprobs": special.repeat(4, 1), "temperature": temperature,
+                             "decoder_out": (special.view(1, 1, -1).repeat(2, 3, 1),)}
+                    statement = line.rstrip(",")
+                    try:  # an expression (an element of fairseq's tuple), or else a statement
+                        compile(statement, "<line>", "eval")
+                        statement = f"result = {statement}"
+                    except SyntaxError:
+                        pass
+                    exec(statement, scope)
+                    outcomes.append([scope.get("result", scope["lprobs"]), scope["lprobs"], scope["decoder_out"][0]])
+                for ours, fairseqs in zip(*outcomes):
+                    assert torch.equal(_bits(ours), _bits(fairseqs)), (old, temperature)

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import SHORT_HYPOTHESES, USER_DIR, run_tool, train
-from fairseq_slt import csr_kernel, sparse_inference, step_trial
+from fairseq_slt import csr_kernel, native, sparse_inference, step_trial
 from test_compact import _hypotheses
 
 
@@ -93,8 +93,8 @@ def test_the_kernel_is_built_once_into_the_cache_and_its_absence_leaves_torch_cs
     assert csr_kernel.load() is not None
     built = list(tmp_path.iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"  # whole, no partial file left
-    stamp, run, commands = built[0].stat().st_mtime_ns, csr_kernel.subprocess.run, []
-    monkeypatch.setattr(csr_kernel.subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
+    stamp, run, commands = built[0].stat().st_mtime_ns, native.subprocess.run, []
+    monkeypatch.setattr(native.subprocess, "run", lambda command, **kw: commands.append(command) or run(command, **kw))
     monkeypatch.setattr(csr_kernel, "_state", {})
     assert csr_kernel.load() is not None  # loaded again: the compiler asked its version, nothing compiled
     assert [command[1:] for command in commands] == [["--version"]] and built[0].stat().st_mtime_ns == stamp

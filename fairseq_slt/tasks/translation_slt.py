@@ -10,7 +10,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import beamable_attention, encoder_reorder, fairseq_patches, listed_reorder, sparse_inference, step_trial
+from .. import beamable_attention, encoder_reorder, fairseq_patches, listed_reorder, sparse_inference, step_trial, \
+    vocab_passes
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
@@ -138,7 +139,7 @@ class TranslationSLTTask(TranslationTask):
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         with beamable_attention.generating(generator, models, sample), listed_reorder.generating(models), \
-                encoder_reorder.generating(generator, models):
+                encoder_reorder.generating(generator, models), vocab_passes.generating(generator):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:
