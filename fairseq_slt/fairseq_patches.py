@@ -37,8 +37,10 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
   batches stay fairseq's (a resumed run finds the batches it left).
 - fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
 Not installed here but by the task itself: its ``inference_step`` turns on, for one beam search, the beamable
-encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``), and a list of the decoder's
-reordering modules in place of fairseq's walk over all of them at every step (``listed_reorder``).
+encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``), a list of the decoder's
+reordering modules in place of fairseq's walk over all of them at every step (``listed_reorder``), the encoder
+output copied only where sentences leave the batch (``encoder_reorder``), and fairseq's generation loop, decoder
+step and beam search step without their costliest passes over the vocabulary (``vocab_passes``).
 """
 import argparse
 import contextlib
