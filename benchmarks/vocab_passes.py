@@ -52,7 +52,8 @@ def main():
     print(f"torch {torch.__version__}; beam 5, natural lengths; seconds, medians of {args.repeats} rounds; 'gain': "
           "without / with vocab_passes, the median of the rounds' ratios; 'sparse/dense': dense time / sparse time")
     print(f"{'model':<12} {'batch':>5} {'thr':>3} {'sents':>5} {'dense without':>13} {'with':>6} {'gain':>6} "
-          f"{'sparse without':>14} {'with':>6} {'gain':>6} {'sparse/dense without':>20} {'with':>6} {'hyps differ':>11}")
+          f"{'sparse without':>14} {'with':>6} {'gain':>6} {'sparse/dense without':>20} {'with':>6} "
+          f"{'hyps differ':>11}")
     for checkpoint, label in zip(args.checkpoints, labels):
         task, dense = load_fairseq(checkpoint, args.data)
         for threads in args.threads:
@@ -65,11 +66,10 @@ def main():
                 sources = list(range(min(count, len(task.dataset("test")))))
                 runs = [(name, model, passes) for name, model in (("dense", dense), ("sparse", sparse))
                         for passes in (False, True)]
-                outputs = {}
                 for name, model, passes in runs:  # warm-up: the plan times its layers, the trial decides
                     for _ in range(3):
-                        outputs[name, passes] = translate(task, model, sources, batch_size, passes)[1]
-                seconds = {(name, passes): [] for name, _, passes in runs}
+                        translate(task, model, sources, batch_size, passes)
+                seconds, outputs = {(name, passes): [] for name, _, passes in runs}, {}
                 for round_ in range(args.repeats):
                     for name, model, passes in (runs if round_ % 2 == 0 else runs[::-1]):
                         elapsed, output = translate(task, model, sources, batch_size, passes)

@@ -22,7 +22,7 @@ constexpr int64_t MOST = 65;  // k + 1 at most
 constexpr int64_t BLOCK = 64;
 
 static int sentence(const float* lp, const float* sc, int64_t beam, int64_t vocab, int64_t k, float* values,
-                    int64_t* indices, std::vector<float>& most) {
+                    int64_t* indices, std::vector<float>& most, std::vector<float>& order) {
   const int64_t m = k + 1, blocks = (vocab + BLOCK - 1) / BLOCK;
   most.resize(beam * blocks);
   for (int64_t h = 0; h < beam; ++h) {  // first pass: each block's largest sum
@@ -57,7 +57,7 @@ static int sentence(const float* lp, const float* sc, int64_t beam, int64_t voca
   }
   float least = -INFINITY;  // L: the (k+1)-th largest block's largest (with fewer blocks, every block is read)
   if ((int64_t)most.size() > k) {
-    std::vector<float> order(most);
+    order.assign(most.begin(), most.end());
     std::nth_element(order.begin(), order.begin() + k, order.end(), std::greater<float>());
     least = order[k];
   }
@@ -98,11 +98,11 @@ extern "C" int beam_topk(const float* lprobs, const float* scores, int64_t sente
   int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1 && sentences > 1) reduction(| : failed)
   {
-    std::vector<float> most;
+    std::vector<float> most, order;  // each thread's scratch, reused sentence after sentence
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < sentences; ++b)
       failed |= sentence(lprobs + b * beam * vocab, scores + b * beam, beam, vocab, k, values + b * k,
-                         indices + b * k, most);
+                         indices + b * k, most, order);
   }
   return failed;
 }

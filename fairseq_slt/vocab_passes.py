@@ -24,7 +24,6 @@ benchmarks/vocab_passes.py); the base-size model, whose products dominate, withi
 import contextlib
 import ctypes
 import inspect
-import sys
 import textwrap
 import types
 from pathlib import Path
@@ -69,14 +68,10 @@ def _compile(function, replacements) -> Optional[Callable]:
         if source.count(old) != 1:
             return None
         source = source.replace(old, new)
-    made = {}
-    exec(compile("\n" * (first - 1) + source, filename or "<fairseq>", "exec"), dict(vars(sys.modules[
-        function.__module__])), made)
-    compiled = made[function.__name__]
-    # fairseq's module as its globals, live (as the original's), not the copy it was defined in
-    result = types.FunctionType(compiled.__code__, function.__globals__, function.__name__, compiled.__defaults__,
-                                compiled.__closure__)
-    result.__kwdefaults__, result.__qualname__ = compiled.__kwdefaults__, function.__qualname__
+    made = {}  # the def lands here, not in fairseq's module, whose globals it keeps (live, as the original's)
+    exec(compile("\n" * (first - 1) + source, filename or "<fairseq>", "exec"), function.__globals__, made)
+    result = made[function.__name__]
+    result.__qualname__ = function.__qualname__
     return result
 
 
