@@ -103,7 +103,10 @@ class Plan:
         key = layer.plan_key + (bucket, torch.get_num_threads())
         if key not in self.decisions:
             started = time.perf_counter()
-            sample = torch.randn(min(bucket, SAMPLE_ROWS), layer.in_features, dtype=layer.weight.dtype)
+            # drawn from a generator of its own: torch's global one is --sampling's (--seed), which a draw here
+            # would move, so that sampled translations changed with --sparse-inference
+            sample = torch.randn(min(bucket, SAMPLE_ROWS), layer.in_features, dtype=layer.weight.dtype,
+                                 generator=torch.Generator().manual_seed(0))
             dense = self._time(lambda: layer.dense(sample))
             sparse = {way: self._time(lambda: layer.sparse(sample, way)) for way in self.ways(layer, bucket)}
             way = min(sparse, key=sparse.get)

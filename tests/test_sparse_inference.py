@@ -14,9 +14,10 @@ from fairseq_slt import csr_kernel, native, sparse_inference, step_trial
 from test_compact import _hypotheses
 
 
-def _translate(task, models, subset="test"):
-    """Beam-5 token sequences for every sentence of the subset, the way fairseq-generate batches them."""
-    generator = task.build_generator(models, argparse.Namespace(beam=5, max_len_b=30))
+def _translate(task, models, subset="test", **generation):
+    """Beam-5 token sequences (or as ``generation`` says) for every sentence of the subset, the way fairseq-generate
+    batches them."""
+    generator = task.build_generator(models, argparse.Namespace(**{"beam": 5, "max_len_b": 30, **generation}))
     batches = task.get_batch_iterator(dataset=task.dataset(subset), max_sentences=16).next_epoch_itr(shuffle=False)
     results = {}
     for sample in batches:
@@ -354,6 +355,23 @@ def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, s
     assert "--sparse-inference: 17 linear layers" in result.stdout
     assert "--sparse-inference: whole decoder calls, rows <= " in result.stdout + result.stderr
     assert "linear-layer calls ran sparse" in result.stdout
+
+
+def test_sampling_draws_the_dense_models_tokens_with_sparse_inference(loaded):
+    """--sampling --seed: the plan's timing inputs must not come from torch's global generator, which sampling
+    draws from (they did: every sampled translation changed with --sparse-inference)."""
+    task, models = loaded
+    model, plan = copy.deepcopy(models[0]), sparse_inference.Plan()
+    sparse_inference.sparsify(model, plan, trial=step_trial.StepTrial(plan))
+    sampled = {}
+    with torch.no_grad():
+        for name, engine in (("dense", models), ("sparse", [model])):
+            torch.manual_seed(3)  # as fairseq-generate --seed 3
+            sampled[name] = _translate(task, engine, sampling=True, sampling_topk=10, beam=2)
+            sampled[name + " next draw"] = torch.rand(4)
+    assert plan.decisions and plan.calls["sparse"] > 0  # the plan timed layers and ran sparse products
+    assert len(sampled["dense"]) >= 90 and sampled["sparse"] == sampled["dense"]
+    assert torch.equal(sampled["sparse next draw"], sampled["dense next draw"])  # the same draws, no more
 
 
 def test_generate_refuses_sparse_inference_of_a_float16_model_in_one_line(data_bin, slt_run):
