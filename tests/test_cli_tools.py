@@ -45,6 +45,9 @@ def test_analyze_reports_sparsity_overlap_and_sign_agreement(dense_run, slt_run,
     bad = run_tool("fairseq-slt", "analyze", slt_mask, str(tmp_path / "missing.pt"), check=False)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         f"fairseq-slt analyze: error: input not found: {tmp_path / 'missing.pt'}"]
+    folder = run_tool("fairseq-slt", "analyze", slt_mask, str(tmp_path), check=False)  # a folder, not "not found"
+    assert folder.returncode != 0 and folder.stderr.strip().splitlines() == [
+        f"fairseq-slt analyze: error: input {tmp_path} is not a file"]
 
 
 def test_relative_user_dir_resolves_beside_fairseq():

@@ -51,7 +51,7 @@ def safe_load(path: str, what: str = "checkpoint", mmap: bool = False) -> Any:
 
     ``mmap``: map the file instead of reading it (only the tensors used are read from disk)."""
     if not path or not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path}")
+        raise UserError(f"{what} {path} is not a file" if path and os.path.exists(path) else f"{what} not found: {path}")
     # not the safe_globals() context manager: on exit it would drop the process-wide allow-list
     allow_fairseq_globals()
     try:
