@@ -36,6 +36,10 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
   the plugin's task (``keeping_last_batch``) that batch is kept for every split but the training one, whose
   batches stay fairseq's (a resumed run finds the batches it left).
 - fairseq files a task's state in checkpoints under the task's class name (``checkpoints.TASK_KEY``).
+- ``search.DiverseBeamSearch`` (``--diverse-beam-groups``) keeps each sentence's group overlap in a tensor of
+  the batch's size, which fairseq's generator indexes by the dataset's ids (``sample["id"]``): an IndexError
+  for the first batch holding an id past its size. Under the plugin's task (``diverse_search_sample``) it
+  gets each sentence's position in the batch instead.
 Not installed here but by the task itself: its ``inference_step`` turns on, for one beam search, the beamable
 encoder-decoder attention that fairseq's transformer lacks (``beamable_attention``), a list of the decoder's
 reordering modules in place of fairseq's walk over all of them at every step (``listed_reorder``), the encoder
@@ -52,6 +56,7 @@ import torch
 from fairseq import checkpoint_utils, file_io
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
+from fairseq.search import DiverseBeamSearch
 
 from . import broadcast_fix, clean_exit, compact_loading
 from .pruning import UserError
@@ -148,6 +153,16 @@ def save_checkpoint_holding_best(cfg, trainer, epoch_itr, val_loss):
     if _best_held:  # a best no loss can beat, in the metric's direction (a float: checkpoints keep it)
         checkpoint_utils.save_checkpoint.best = float("inf" if cfg.maximize_best_checkpoint_metric else "-inf")
     return _fairseq_save_checkpoint(cfg, trainer, epoch_itr, val_loss)
+
+
+def diverse_search_sample(generator, sample: dict) -> dict:
+    """The sample to generate from: for a DiverseBeamSearch, with each sentence's position in the batch as its
+    id, the index its group overlap has (fairseq's generator reads the ids for the search's steps only; the
+    caller keeps its sample, ids and all); otherwise the sample itself."""
+    ids = sample.get("id")
+    if not isinstance(getattr(generator, "search", None), DiverseBeamSearch) or not torch.is_tensor(ids):
+        return sample
+    return {**sample, "id": torch.arange(ids.numel(), device=ids.device)}
 
 
 @contextlib.contextmanager

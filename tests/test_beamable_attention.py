@@ -160,6 +160,24 @@ def test_other_searches_translate_as_stock_fairseq_with_sentences_leaving_early(
     assert len(ours) >= 90 and _tokens(ours) == _tokens(stock)
 
 
+def test_diverse_beam_search_indexes_each_sentence_by_its_place_in_the_batch(loaded):
+    """fairseq's DiverseBeamSearch keeps each sentence's group overlap in a tensor of the batch's size, which its
+    generator indexes by the dataset's ids: an IndexError from the first batch holding an id past its size (and,
+    on the Multi30k model, 2 of 16 sentences translated otherwise where a batch's ids are a shuffle of its
+    places). Under translation_slt the search indexes by the places, whatever the ids."""
+    task, model = loaded
+    search = dict(beam=4, diverse_beam_groups=2, diverse_beam_strength=0.5)
+    with pytest.raises(IndexError):
+        _generate(task, model, _stock(task), **search)
+    ours, _, sentences = _generate(task, model, task.inference_step, **search)
+    places, _, _ = _generate(task, model, lambda generator, models, sample: TranslationTask.inference_step(
+        task, generator, models, {**sample, "id": torch.arange(len(sample["id"]))}), **search)
+    reversed_ids, _, _ = _generate(task, model, lambda generator, models, sample: task.inference_step(
+        generator, models, {**sample, "id": sample["id"].flip(0)}), **search)
+    assert len(ours) >= 90 and len(sentences) > 1 and _tokens(ours) == _tokens(places) == _tokens(reversed_ids)
+    assert any(len({tuple(tokens) for tokens, _, _ in hypotheses}) == 4 for hypotheses in ours.values())
+
+
 class _Counting(TorchFunctionMode):
     """Counts the torch calls that make beam search's vocabulary-wide passes."""
 

@@ -138,6 +138,7 @@ class TranslationSLTTask(TranslationTask):
         return super().build_generator(models, args, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        sample = fairseq_patches.diverse_search_sample(generator, sample)
         with beamable_attention.generating(generator, models, sample), listed_reorder.generating(models), \
                 encoder_reorder.generating(generator, models), vocab_passes.generating(generator):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
