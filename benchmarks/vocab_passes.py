@@ -8,8 +8,9 @@ similar source lengths), fairseq dense and --sparse-inference (the layer plan an
 once, before timing), each with the plugin's inference step as it is ("with") and with vocab_passes alone left
 out ("without"), the four alternating in --repeats rounds, the order swapped each round. It prints the medians,
 each one's speedup from the change (the median of the rounds' ratios), the sparse-over-dense ratio without and
-with it, and whether the hypotheses differ (they must not).
-Usage: python benchmarks/vocab_passes.py --data DATA_BIN CKPT [CKPT ...] [--labels ...]
+with it, and whether the hypotheses differ (they must not). ``--without logits``: "without" leaves out one part
+alone, the log-probabilities written over the logits (a new tensor at every step, as fairseq makes).
+Usage: python benchmarks/vocab_passes.py --data DATA_BIN CKPT [CKPT ...] [--labels ...] [--without all|logits]
 """
 import argparse
 import contextlib
@@ -26,18 +27,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serving import add_model_arguments, fairseq_translate, load_fairseq, model_labels  # noqa: E402
 
 
-def translate(task, model, sources, batch_size: int, passes: bool):
+def translate(task, model, sources, batch_size: int, passes: bool, without: str = "all"):
     from fairseq_slt import vocab_passes
 
-    generating = vocab_passes.generating
-    if not passes:
+    generating, fairseqs_log_probs = vocab_passes.generating, vocab_passes._fairseqs_log_probs
+    if not passes and without == "all":
         vocab_passes.generating = lambda generator: contextlib.nullcontext()
+    if not passes and without == "logits":  # every model's log-probabilities its own: a new tensor
+        vocab_passes._fairseqs_log_probs = lambda model: False
     try:
         started = time.perf_counter()
         output = fairseq_translate(task, model, sources, batch_size, 0)
         return time.perf_counter() - started, output
     finally:
-        vocab_passes.generating = generating
+        vocab_passes.generating, vocab_passes._fairseqs_log_probs = generating, fairseqs_log_probs
 
 
 def main():
@@ -45,12 +48,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, sentences=256, sentences_batch1=60, repeats=5,
                         repeats_help="rounds (medians kept)")
+    parser.add_argument("--without", choices=("all", "logits"), default="all",
+                        help="what 'without' leaves out: vocab_passes (all), or the log-probabilities written over "
+                             "the logits alone")
     args = parser.parse_args()
     from fairseq_slt import sparse_inference, step_trial
 
     labels = model_labels(args)
     print(f"torch {torch.__version__}; beam 5, natural lengths; seconds, medians of {args.repeats} rounds; 'gain': "
-          "without / with vocab_passes, the median of the rounds' ratios; 'sparse/dense': dense time / sparse time")
+          f"without / with {'vocab_passes' if args.without == 'all' else 'the log-probabilities over the logits'}, "
+          "the median of the rounds' ratios; 'sparse/dense': dense time / sparse time")
     print(f"{'model':<12} {'batch':>5} {'thr':>3} {'sents':>5} {'dense without':>13} {'with':>6} {'gain':>6} "
           f"{'sparse without':>14} {'with':>6} {'gain':>6} {'sparse/dense without':>20} {'with':>6} "
           f"{'hyps differ':>11}")
@@ -68,11 +75,11 @@ def main():
                         for passes in (False, True)]
                 for name, model, passes in runs:  # warm-up: the plan times its layers, the trial decides
                     for _ in range(3):
-                        translate(task, model, sources, batch_size, passes)
+                        translate(task, model, sources, batch_size, passes, args.without)
                 seconds, outputs = {(name, passes): [] for name, _, passes in runs}, {}
                 for round_ in range(args.repeats):
                     for name, model, passes in (runs if round_ % 2 == 0 else runs[::-1]):
-                        elapsed, output = translate(task, model, sources, batch_size, passes)
+                        elapsed, output = translate(task, model, sources, batch_size, passes, args.without)
                         seconds[name, passes].append(elapsed)
                         outputs[name, passes] = output
                 median = {key: statistics.median(values) for key, values in seconds.items()}

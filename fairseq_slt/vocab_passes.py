@@ -6,6 +6,13 @@ At every step fairseq's SequenceGenerator makes several passes over the step's s
   mask and then assigns through it: 650 us at batch 64 on two threads here (1,300 us on one), where
   ``torch.nan_to_num_(lprobs, nan=-inf, posinf=inf, neginf=-inf)`` leaves the same bits in 40 us;
 - ``decoder_out[0][:, -1:, :].div_(temperature)`` divides every logit even at temperature 1 (x / 1.0 is x).
+And ``model.get_normalized_probs`` writes the log-probabilities into a new hypotheses x vocabulary tensor at
+every step: a fresh 5 MB at batch 64, whose pages the process often faults in anew (fairseq's log_softmax took
+760-1350 us a step at 320 x 4008 on one thread in a run, 540-570 us written over the logits, the same bits).
+Where it is fairseq's own (the model's and its decoder's methods not overridden, no adaptive softmax), they are
+written over the logits, which nothing reads after (fairseq already divides them in place by the temperature):
+1.04x dense and 1.06-1.08x --sparse-inference at batch 64, 1.00-1.01x at batch 1, on the demo-size model
+(benchmarks/vocab_passes.py --without logits).
 ``generating`` gives one generation fairseq's own ``SequenceGenerator._generate`` and
 ``EnsembleModel.forward_decoder``, compiled from fairseq's source with just those lines replaced (each found
 exactly once, or the method stays fairseq's), on the instances, removed after. They keep fairseq's file name
@@ -23,6 +30,7 @@ benchmarks/vocab_passes.py); the base-size model, whose products dominate, withi
 """
 import contextlib
 import ctypes
+import functools
 import inspect
 import textwrap
 import types
@@ -30,6 +38,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from fairseq.models import BaseFairseqModel, FairseqDecoder
+from fairseq.models.transformer import TransformerModelBase
 from fairseq.search import BeamSearch
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 
@@ -43,7 +53,8 @@ REWRITES = {
          "torch.nan_to_num_(lprobs, nan=-math.inf, posinf=math.inf, neginf=-math.inf)")],
     (EnsembleModel, "forward_decoder"): [
         ("decoder_out[0][:, -1:, :].div_(temperature),",
-         "decoder_out[0][:, -1:, :] if temperature == 1 else decoder_out[0][:, -1:, :].div_(temperature),")],
+         "decoder_out[0][:, -1:, :] if temperature == 1 else decoder_out[0][:, -1:, :].div_(temperature),"),
+        ("probs = model.get_normalized_probs(", "probs = self.slt_log_probs[i](")],
 }
 _compiled = {}
 _state = {}  # "lib": the top-k kernel's library or None, once load() has run
@@ -104,6 +115,29 @@ def beam_step(self, step, lprobs, scores, prev_output_tokens=None, original_batc
     return BeamSearch.step(self, step, lprobs, scores, prev_output_tokens, original_batch_idxs, candidate_multiple)
 
 
+def _over_the_logits(model, net_output, log_probs, sample=None):
+    """fairseq's log-probabilities (its ``utils.log_softmax``: float32 logits in, float32 out), written over the
+    logits; anything else as the model gives it."""
+    logits = net_output[0]
+    if log_probs and logits.dtype == torch.float32 and logits.is_contiguous():
+        return torch.log_softmax(logits, -1, out=logits)
+    return model.get_normalized_probs(net_output, log_probs, sample)
+
+
+def _fairseqs_log_probs(model) -> bool:
+    """Whether the model's log-probabilities are fairseq's log_softmax of its decoder's logits: its and its
+    decoder's methods fairseq's own (not overridden by a class or on the instance), no adaptive softmax."""
+    decoder = getattr(model, "decoder", None)
+    names = ("get_normalized_probs", "get_normalized_probs_scriptable")
+    return (isinstance(model, BaseFairseqModel) and isinstance(decoder, FairseqDecoder)
+            and getattr(type(model), names[0]) in (BaseFairseqModel.get_normalized_probs,
+                                                   TransformerModelBase.get_normalized_probs)
+            and getattr(type(model), names[1]) is BaseFairseqModel.get_normalized_probs_scriptable
+            and all(getattr(type(decoder), name) is getattr(FairseqDecoder, name) for name in names)
+            and not any(name in vars(module) for name in names for module in (model, decoder))
+            and getattr(decoder, "adaptive_softmax", None) is None and not getattr(decoder, "onnx_trace", False))
+
+
 def _targets(generator):
     """(instance, method name, rewritten function) for this generator: fairseq's own methods only (a subclass's
     override stays as it is)."""
@@ -129,6 +163,10 @@ def generating(generator):
     """Within: this SequenceGenerator's generation loop, its ensemble's decoder step and its beam search's step
     as fairseq's, less the passes above."""
     targets = _targets(generator)
+    ensemble = next((instance for instance, name, _ in targets if name == "forward_decoder"), None)
+    if ensemble is not None:  # the rewritten decoder step's log-probabilities, model by model
+        ensemble.slt_log_probs = [functools.partial(_over_the_logits, model) if _fairseqs_log_probs(model)
+                                  else model.get_normalized_probs for model in ensemble.models]
     for instance, name, function in targets:
         setattr(instance, name, types.MethodType(function, instance))
     try:
@@ -136,3 +174,5 @@ def generating(generator):
     finally:
         for instance, name, _ in targets:
             delattr(instance, name)
+        if ensemble is not None:
+            del ensemble.slt_log_probs
