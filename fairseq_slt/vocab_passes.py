@@ -8,7 +8,7 @@ At every step fairseq's SequenceGenerator makes several passes over the step's s
 - ``decoder_out[0][:, -1:, :].div_(temperature)`` divides every logit even at temperature 1 (x / 1.0 is x).
 And ``model.get_normalized_probs`` writes the log-probabilities into a new hypotheses x vocabulary tensor at
 every step: a fresh 5 MB at batch 64, whose pages the process often faults in anew (fairseq's log_softmax took
-760-1350 us a step at 320 x 4008 on one thread in a run, 540-570 us written over the logits, the same bits).
+740-1430 us a step at 320 x 4008 on one thread in a run, 540-575 us written over the logits, the same bits).
 Where it is fairseq's own (the model's and its decoder's methods not overridden, no adaptive softmax), they are
 written over the logits, which nothing reads after (fairseq already divides them in place by the temperature):
 1.04x dense and 1.06-1.08x --sparse-inference at batch 64, 1.00-1.01x at batch 1, on the demo-size model
