@@ -9,13 +9,17 @@ sixth of a base-size model's decoding time at batch 64. ``generating`` turns the
 generation and off after it: outside beam search a batch's sentences are not beams of each other, and the
 path would give every sentence the encoder output of the first of each group of ``beam`` sentences.
 Small batches keep fairseq's path: there the copies cost less than the beamable path's extra work per
-attention call (an einsum in place of a bmm). On 1 thread, the beamable path's speed over fairseq's was
+attention call (an einsum in place of a bmm). Sampling keeps it too: the einsum's scores differ from fairseq's in
+the last bits (within 1e-6), which is enough to flip a sampled token now and then, and with it every later draw of
+its batch (627 of Multi30k's 1000 top-p samples of the demo-size model differed from fairseq's at the same --seed);
+fairseq's path samples fairseq's tokens exactly. On 1 thread, the beamable path's speed over fairseq's was
 0.88-0.94x for the demo-size model at 1-8 sentences, 1.01x at 16 and 1.09x at 64. For the base-size model
 it was 0.98-0.99x at 1-4, 1.07x at 16 and 1.19x at 64.
 """
 import contextlib
 
 from fairseq.models import FairseqIncrementalDecoder
+from fairseq.search import Sampling
 from fairseq.sequence_generator import SequenceGenerator
 
 MIN_SENTENCES = 16  # batches with fewer sentences keep fairseq's path
@@ -23,8 +27,9 @@ MIN_SENTENCES = 16  # batches with fewer sentences keep fairseq's path
 
 def _decoders(generator, models, sample):
     """The decoders that fairseq's generator leaves without the beam size: none unless it is a beam search
-    over at least MIN_SENTENCES sentences."""
-    if not isinstance(generator, SequenceGenerator) or generator.beam_size <= 1:
+    (not sampling) over at least MIN_SENTENCES sentences."""
+    if not isinstance(generator, SequenceGenerator) or generator.beam_size <= 1 or \
+            isinstance(generator.search, Sampling):
         return []
     if sample["net_input"]["src_tokens"].size(0) < MIN_SENTENCES:
         return []
