@@ -4,7 +4,9 @@ For each set of options below, translates the same sentences three times: ``--ta
 ``--task translation_slt`` and ``--task translation_slt --sparse-inference``, and compares each sentence's
 hypotheses (texts, how many) with fairseq's, and their scores. Prints a line per set; exits 1 where the plugin's
 texts differ from fairseq's, where it translates fewer sentences, or where it fails and fairseq does not. (fairseq's
-task leaves out a last batch whose size is not a multiple of 8: there the plugin translates more, by design.)
+task leaves out a last batch whose size is not a multiple of 8: there the plugin translates more, by design.) With
+--sparse-inference, sampled texts may differ and are only reported: its sums differ from dense in the last bits,
+which can flip a draw, and every later draw of the batch with it.
 Each set takes about 30 s on the demo-size model and Multi30k's test set (1000 sentences), one thread.
 Usage: python scripts/check_generate_options.py --data DATA_BIN --path CHECKPOINT [--gen-subset test] [--only 1 4]
 """
@@ -81,10 +83,11 @@ def main() -> int:
             for name in ("plugin", "sparse"):
                 ours, error = runs[name]
                 texts, counts, scores = compare(ours, fairseqs)
-                bad = texts or counts or len(ours) < len(fairseqs) or (error and not fairseq_error)
+                drawn = name == "sparse" and "--sampling" in options.split()  # last bits may flip a draw
+                bad = (texts and not drawn) or counts or len(ours) < len(fairseqs) or (error and not fairseq_error)
                 failed += bool(bad)
                 line += f" | {name}: {texts} texts differ, {counts} counts, scores within {scores:.1e}" + \
-                        (" FAIL" if bad else "")
+                        (" FAIL" if bad else " (sampled)" if drawn and texts else "")
             print(line, flush=True)
     return 1 if failed else 0
 
