@@ -27,6 +27,9 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
 - ``checkpoint_utils.save_checkpoint`` (``hold_best``): while a pruning schedule has not reached its final
   sparsity, no validation may make ``checkpoint_best.pt`` (MP's best loss came before the model was as
   sparse as asked: an "MP 90 %" best at 73 %); from the update that reaches it, the best starts afresh.
+- fairseq-train's ``should_stop_early`` (``--patience``), likewise: it keeps its best loss and count in function
+  attributes, and pruning makes each validation worse, so an "MP 98 %" run with ``--patience 1`` stopped at
+  69 %. While the schedule holds the best, each validation is the first; the count starts at its target.
 - ``argparse.ArgumentParser.error`` for fairseq's own parsers (``prog`` fairseq-*): a usage error (an
   unknown --prune-method among them) printed fairseq's whole usage, dozens of lines, before the error:
   the error's one line instead, as the plugin's own refusals.
@@ -50,6 +53,7 @@ import argparse
 import contextlib
 import inspect
 import os
+import sys
 
 import numpy as np
 import torch
@@ -146,7 +150,19 @@ def hold_best(held: bool) -> None:
     inherited = getattr(checkpoint_utils.save_checkpoint, "best", None)
     if not held and (_best_held or inherited in (float("inf"), float("-inf"))):
         forget_inherited_best()
+    if held or _best_held:  # --patience: no validation counts before the target, the count starts at it
+        for function in _patience_functions():
+            function.__dict__.pop("best", None)
     _best_held = held
+
+
+def _patience_functions():
+    """fairseq-train's ``should_stop_early``, from whichever module runs train.py (``__main__`` under python -m)."""
+    for name in ("fairseq_cli.train", "__main__"):
+        function = getattr(sys.modules.get(name), "should_stop_early", None)
+        code = getattr(function, "__code__", None)
+        if code is not None and code.co_filename.endswith(os.path.join("fairseq_cli", "train.py")):
+            yield function
 
 
 def save_checkpoint_holding_best(cfg, trainer, epoch_itr, val_loss):

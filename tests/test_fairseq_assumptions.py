@@ -71,6 +71,22 @@ def test_fairseq_keeps_the_best_loss_in_a_function_attribute():
     assert not hasattr(checkpoint_utils.save_checkpoint, "best")
 
 
+def test_fairseq_counts_patience_from_a_best_kept_in_a_function_attribute():
+    import fairseq_cli.train
+    source = _source(fairseq_cli.train.should_stop_early)
+    # hold_best: without a best, a validation starts the count afresh (the attribute is found in the module's globals)
+    assert 'prev_best = getattr(should_stop_early, "best", None)' in source
+    assert "if prev_best is None or is_better(valid_loss, prev_best):" in source
+    assert fairseq_cli.train.should_stop_early.__globals__ is fairseq_cli.train.__dict__
+    validate_and_save = _source(fairseq_cli.train.validate_and_save)
+    assert validate_and_save.index("should_stop_early(cfg") < validate_and_save.index("checkpoint_utils.save_checkpoint(")
+    assert list(fairseq_patches._patience_functions()) == [fairseq_cli.train.should_stop_early]
+    fairseq_cli.train.should_stop_early.best = 1.0
+    fairseq_patches.hold_best(True)
+    fairseq_patches.hold_best(False)
+    assert not hasattr(fairseq_cli.train.should_stop_early, "best")
+
+
 def test_fairseq_prefetch_threads_have_the_fields_the_exit_hook_drains():
     init = _source(iterators.BackgroundConsumer.__init__)
     assert "self._queue = queue" in init and "self._max_len = max_len" in init

@@ -203,3 +203,19 @@ def test_mp_best_checkpoint_is_one_at_the_target_sparsity(data_bin, dense_run, t
         assert int((best["model"][name] != 0).sum()) <= int(kept.sum()), name
     assert math.isfinite(last["extra_state"]["best"])  # past the schedule the best is a loss again
     assert best["extra_state"]["val_loss"] == last["extra_state"]["best"]
+
+
+def test_patience_counts_from_the_update_that_reaches_the_target_sparsity(data_bin, dense_run, tmp_path):
+    """--patience N stops a run after N validations that do not beat the best. While MP prunes trained weights
+    at a tiny learning rate, every validation is worse than the last, so fairseq alone would stop the run at
+    its second validation with the model at a fraction of the sparsity asked for. The plugin counts patience
+    from the update that reaches the target, as it does the best checkpoint: the run gets there, and then stops."""
+    save = str(tmp_path / "mp_patience")
+    result = train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.98", "--prune-start", "2",
+                   "--prune-end", "8", "--prune-frequency", "2", "--save-interval-updates", "2", "--lr", "1e-6",
+                   "--prune-rewind-from", dense_run["best"], "--patience", "1", max_update=30)
+    last = load(os.path.join(save, "checkpoint_last.pt"))
+    assert abs(Checkpoint(os.path.join(save, "checkpoint_last.pt")).mask().sparsity() - 0.98) < 0.005
+    stopped = last["optimizer_history"][-1]["num_updates"]
+    assert 8 < stopped < 30, stopped  # patience still stops the run, once its sparsity is the one asked for
+    assert "early stop since valid performance hasn't improved for last 1 runs" in result.stdout + result.stderr
