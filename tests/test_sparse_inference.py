@@ -1,6 +1,10 @@
 """--sparse-inference: CSR linear layers give the dense model's translations."""
 import argparse
 import copy
+import gzip
+import inspect
+import logging
+import os
 import time
 
 import pytest
@@ -9,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import SHORT_HYPOTHESES, USER_DIR, run_tool, train
+from conftest import MULTI30K, SHORT_HYPOTHESES, USER_DIR, run_tool, train
 from fairseq_slt import csr_kernel, native, sparse_inference, step_trial
 from test_compact import _hypotheses
 
@@ -355,6 +359,30 @@ def test_generate_with_sparse_inference_gives_the_dense_translations(data_bin, s
     assert "--sparse-inference: 17 linear layers" in result.stdout
     assert "--sparse-inference: whole decoder calls, rows <= " in result.stdout + result.stderr
     assert "linear-layer calls ran sparse" in result.stdout
+
+
+def test_the_hub_interface_makes_each_model_sparse_once_and_translates_as_dense(data_bin, slt_run, caplog):
+    """fairseq's hub interface (from_pretrained(..., sparse_inference=True), then translate) builds a generator per
+    call: the model is made sparse, and its encoder and decoder wrapped for the step trial, on the first call only.
+    Wrapped again on every call, each call ran through one more wrapper, and the 200th ended in a RecursionError."""
+    from fairseq.models.transformer import TransformerModel
+    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt; the package was imported before fairseq)
+    hubs = {mode: TransformerModel.from_pretrained(
+        slt_run["dir"], checkpoint_file="checkpoint_best.pt", data_name_or_path=data_bin, user_dir=USER_DIR,
+        bpe="sentencepiece", sentencepiece_model=os.path.join(os.path.dirname(data_bin), "spm.model"),
+        **({"sparse_inference": True} if mode == "sparse" else {})).eval() for mode in ("dense", "sparse")}
+    with gzip.open(os.path.join(MULTI30K, "val.en.gz"), "rt") as text:
+        sentences = [next(text).strip() for _ in range(12)]
+    dense = hubs["dense"].translate(sentences, beam=5, max_len_a=0, max_len_b=12)
+    with caplog.at_level(logging.INFO, logger="fairseq_slt.tasks.translation_slt"):
+        for _ in range(3):
+            assert hubs["sparse"].translate(sentences, beam=5, max_len_a=0, max_len_b=12) == dense
+    model = hubs["sparse"].models[0]
+    assert isinstance(model.decoder.layers[0].fc1, sparse_inference.SparseLinear)
+    for part in (model.encoder, model.decoder):  # the trial's wrapper calls the module's own forward
+        wrapped = inspect.getclosurevars(part.forward).nonlocals["forward"]
+        assert getattr(wrapped, "__self__", None) is part and wrapped.__func__ is type(part).forward
+    assert sum("linear layers with at least" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_sampling_draws_the_dense_models_tokens_with_sparse_inference(loaded):

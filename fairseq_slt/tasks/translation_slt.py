@@ -1,6 +1,7 @@
 """The ``translation_slt`` task: fairseq's translation task plus lottery-ticket pruning options."""
 import atexit
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -53,6 +54,7 @@ class TranslationSLTTask(TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.pruning: Optional[PruningRun] = None
+        self.sparse_models = weakref.WeakSet()  # models --sparse-inference made sparse already
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -144,6 +146,13 @@ class TranslationSLTTask(TranslationTask):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:
+        # fairseq's hub interface (translate, generate) builds a generator per call: each model is made sparse,
+        # and its steps wrapped for the trial, once (wrapped again per call, the 200th call ended in a RecursionError)
+        named = [(f"model {index} " if len(models) > 1 else "", model) for index, model in enumerate(models)
+                 if model not in self.sparse_models]
+        models = [model for _, model in named]
+        if not models:
+            return
         if any(p.device.type != "cpu" for model in models for p in model.parameters()):
             raise user_exit("--sparse-inference runs on CPU only (add --cpu)")
         other = sorted({str(p.dtype).replace("torch.", "") for model in models for p in model.parameters()
@@ -155,9 +164,9 @@ class TranslationSLTTask(TranslationTask):
         trial = step_trial.StepTrial(plan)
         atexit.register(lambda: [logger.info(f"--sparse-inference: {line}")
                                  for line in plan.summary() + trial.summary()])
-        for index, model in enumerate(models):
-            replaced = sparse_inference.sparsify(model, plan, trial=trial,
-                                                 prefix=f"model {index} " if len(models) > 1 else "")
+        for prefix, model in named:
+            replaced = sparse_inference.sparsify(model, plan, trial=trial, prefix=prefix)
+            self.sparse_models.add(model)
             logger.info(f"--sparse-inference: {len(replaced)} linear layers with at least "
                         f"{100 * sparse_inference.MIN_SPARSITY:g} % zeros get a CSR copy; dense or sparse is "
                         "timed per shape, input rows and threads on first use, then checked by whole encoder "
