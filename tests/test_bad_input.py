@@ -83,6 +83,9 @@ def cases(dense, bad):
                                "--prune-mask-from checkpoint not found: /nonexistent/checkpoint_best.pt"),
         "rewind beyond run": (["--prune-method", "none", "--save-rewind-points", "0,50"],
                               "rewind point 50 is beyond the run's --max-update 12"),
+        "rewind beyond the epochs": (["--prune-method", "none", "--save-rewind-points", "0,500", "--max-update", "0",
+                                      "--max-epoch", "1"], r"rewind point 500 is beyond the run's last update, \d+ "
+                                                           r"\(--max-epoch 1 of \d+ batches each\)"),
         "unknown method": (["--prune-method", "magic"], r"^fairseq-train: error: argument --prune-method: invalid choice: "
                                                        r"'magic' \(choose from 'none', 'lt', 'slt', 'clt', 'mp'\)"),
         "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "

@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
-from conftest import load, train, train_killed_when
+from conftest import load, one_error_line, train, train_killed_when
 from fairseq_slt.checkpoints import TASK_KEY, Checkpoint
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 from fairseq_slt.pruning.schedule import cubic_sparsity
+from fairseq_slt.run.options import epoch_updates
 
 MP = ["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2", "--prune-end", "10",
       "--prune-frequency", "2"]
@@ -219,3 +220,26 @@ def test_patience_counts_from_the_update_that_reaches_the_target_sparsity(data_b
     stopped = last["optimizer_history"][-1]["num_updates"]
     assert 8 < stopped < 30, stopped  # patience still stops the run, once its sparsity is the one asked for
     assert "early stop since valid performance hasn't improved for last 1 runs" in result.stdout + result.stderr
+
+
+def test_with_max_epoch_a_schedule_past_the_runs_last_update_is_refused_before_training(data_bin, tmp_path):
+    """--max-epoch without --max-update: the run's last update is known once its batches are, and an MP schedule
+    ending after it was accepted and stopped short (a "90 %" run ended at 6 %). The bound is fairseq's own count:
+    a schedule ending on it trains to the target, one update later is refused in one line, nothing written."""
+    mp = ["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2", "--prune-frequency", "2",
+          "--max-update", "0", "--max-epoch", "2", "--update-freq", "2"]
+    first = str(tmp_path / "within")
+    train(data_bin, first, *mp, "--prune-end", "20")
+    last = load(os.path.join(first, "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"]
+    assert abs(Checkpoint(os.path.join(first, "checkpoint_last.pt")).mask().sparsity() - 0.8) < 0.005
+    beyond = tmp_path / "beyond"
+    result = train(data_bin, str(beyond), *mp, "--prune-end", str(last + 1), check=False)
+    one_error_line(result, f"--prune-end {last + 1} is beyond the run's last update, {last} (--max-epoch 2 of ",
+                   " batches each, --update-freq 2): the run would stop before reaching --prune-sparsity 0.8")
+    assert not beyond.exists() or os.listdir(beyond) == []
+
+
+def test_epoch_updates_group_each_epochs_batches_by_its_update_freq():
+    assert epoch_updates(50, 2, [2], False) == 50
+    assert epoch_updates(51, 1, [2], False) == 26 and epoch_updates(51, 1, [2], True) == 25
+    assert epoch_updates(50, 3, [1, 2], False) == 50 + 25 + 25  # the last entry holds for later epochs

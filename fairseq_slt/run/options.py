@@ -160,6 +160,28 @@ def validate_options(cfg, check_files: bool = True) -> None:
             raise UserError(f"{option} checkpoint not found: {path}")
 
 
+def epoch_updates(batches: int, epochs: int, update_freq: List[int], skip_remainder: bool) -> int:
+    """The updates fairseq-train makes in ``epochs`` epochs of ``batches`` batches (a rank's): the batches of each
+    update are grouped by the epoch's --update-freq, a last smaller group dropped with --skip-remainder-batch."""
+    total = 0
+    for epoch in range(1, epochs + 1):
+        freq = int(update_freq[min(epoch, len(update_freq)) - 1])
+        total += batches // freq if skip_remainder else -(-batches // freq)
+    return total
+
+
+def check_epoch_bound(cfg, last_update: int, bound: str) -> None:
+    """The run's updates end at ``last_update`` (``bound``: what sets it, e.g. --max-epoch with no --max-update):
+    a schedule or a rewind point past it would never be reached."""
+    points = parse_rewind_points(cfg.save_rewind_points)
+    if points and points[-1] > last_update:
+        raise UserError(f"rewind point {points[-1]} is beyond the run's last update, {last_update} ({bound})")
+    chosen = method(cfg.prune_method)
+    if chosen.prunes and chosen.gradual and cfg.prune_end > last_update:
+        raise UserError(f"--prune-end {cfg.prune_end} is beyond the run's last update, {last_update} ({bound}): the "
+                        f"run would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
+
+
 def option_of(key: str) -> str:
     """The command-line option (or input) a user changes to change an identity key."""
     if key in FIELD_OF_KEY:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from fairseq import utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
@@ -16,7 +17,7 @@ from .. import beamable_attention, encoder_reorder, fairseq_patches, listed_reor
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
-from ..run.options import PruningOptions, validate_options
+from ..run.options import PruningOptions, check_epoch_bound, epoch_updates, validate_options
 from ..run.folder import LAST
 from ..checkpoints import dictionary_digest
 
@@ -131,8 +132,30 @@ class TranslationSLTTask(TranslationTask):
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # every sentence of a test or validation split, not all but a last batch fairseq drops (fairseq_patches)
-        with fairseq_patches.keeping_last_batch(dataset is not self.datasets.get("train")):
-            return super().get_batch_iterator(dataset, *args, **kwargs)
+        training = dataset is self.datasets.get("train")
+        with fairseq_patches.keeping_last_batch(not training):
+            batches = super().get_batch_iterator(dataset, *args, **kwargs)
+        if training and self.pruning is not None:
+            self._check_epoch_bound(len(batches))
+        return batches
+
+    def _check_epoch_bound(self, batches: int) -> None:
+        """With --max-epoch, the run's last update is known once its batches are: before training starts."""
+        root = self.cfg._get_root() if OmegaConf.is_config(self.cfg) else None
+        optimization = getattr(root, "optimization", None)
+        epochs = int(getattr(optimization, "max_epoch", 0) or 0)
+        if not epochs or len(utils.split_paths(self.cfg.data)) > 1:  # data shards: epochs of other sizes
+            return
+        last = epoch_updates(batches, epochs, list(optimization.update_freq), optimization.skip_remainder_batch)
+        max_update = int(self.cfg.max_update or 0)
+        if max_update and max_update <= last:
+            return  # --max-update ends the run first: checked with the options
+        try:
+            check_epoch_bound(self.cfg, last, f"--max-epoch {epochs} of {batches} batches each" + (
+                f", --update-freq {','.join(map(str, optimization.update_freq))}"
+                if any(f != 1 for f in optimization.update_freq) else ""))
+        except UserError as err:
+            raise _user_error(err) from None
 
     def build_generator(self, models, args, **kwargs):
         if self.cfg.sparse_inference:
