@@ -127,7 +127,8 @@ def validate_options(cfg, check_files: bool = True) -> None:
             raise UserError(f"--{control.replace('_', '-')} applies to --prune-method {'/'.join(takers)}")
     restore = getattr(cfg, "restore_file", None)
     if check_files and restore and restore != "checkpoint_last.pt" and not os.path.isfile(restore):
-        raise UserError(f"--restore-file not found: {restore} (fairseq would start from scratch)")
+        raise UserError(f"--restore-file {restore} is not a file" if os.path.exists(restore) else
+                        f"--restore-file not found: {restore} (fairseq would start from scratch)")
     if not chosen.prunes:
         given = [option for option, value in (("--prune-sparsity", cfg.prune_sparsity), ("--prune-mask-from",
                  cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)) if value]
@@ -157,7 +158,8 @@ def validate_options(cfg, check_files: bool = True) -> None:
         if not path and chosen.from_checkpoints:
             raise UserError(f"--prune-method {cfg.prune_method} needs {option}")
         if check_files and path and not os.path.isfile(path):
-            raise UserError(f"{option} checkpoint not found: {path}")
+            raise UserError(f"{option} checkpoint {path} is not a file" if os.path.exists(path) else
+                            f"{option} checkpoint not found: {path}")
 
 
 def epoch_updates(batches: int, epochs: int, update_freq: List[int], skip_remainder: bool) -> int:
