@@ -30,6 +30,8 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
 - fairseq-train's ``should_stop_early`` (``--patience``), likewise: it keeps its best loss and count in function
   attributes, and pruning makes each validation worse, so an "MP 98 %" run with ``--patience 1`` stopped at
   69 %. While the schedule holds the best, each validation is the first; the count starts at its target.
+- ``models.ema.EMA.step`` (``--store-ema``): fairseq's average of the weights is another copy of them, stepped after
+  every update; the training task's hook (``average_hook``) zeroes its pruned positions after each step.
 - ``argparse.ArgumentParser.error`` for fairseq's own parsers (``prog`` fairseq-*): a usage error (an
   unknown --prune-method among them) printed fairseq's whole usage, dozens of lines, before the error:
   the error's one line instead, as the plugin's own refusals.
@@ -60,6 +62,7 @@ import torch
 from fairseq import checkpoint_utils, file_io
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
+from fairseq.models import ema
 from fairseq.search import DiverseBeamSearch
 
 from . import broadcast_fix, clean_exit, compact_loading
@@ -76,11 +79,13 @@ _fairseq_save_checkpoint = None
 _fairseq_batch_by_size = None
 _keep_last_batch = False
 _best_held = False
+_fairseq_ema_step = None
+average_hook = None  # set by a training run of the plugin's task: called with fairseq's EMA after each of its steps
 
 
 def install() -> None:
     global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble, _argparse_error
-    global _fairseq_save_checkpoint, _fairseq_batch_by_size
+    global _fairseq_save_checkpoint, _fairseq_batch_by_size, _fairseq_ema_step
     compact_loading.install()
     broadcast_fix.install()
     clean_exit.install()
@@ -105,6 +110,16 @@ def install() -> None:
     if _fairseq_batch_by_size is None:
         _fairseq_batch_by_size = data_utils.batch_by_size
         data_utils.batch_by_size = batch_by_size_keeping_the_last
+    if _fairseq_ema_step is None:
+        _fairseq_ema_step = ema.EMA.step
+        ema.EMA.step = ema_step_masked
+
+
+def ema_step_masked(self, new_model, updates=None):
+    result = _fairseq_ema_step(self, new_model, updates)
+    if average_hook is not None:
+        average_hook(self)
+    return result
 
 
 def one_line_usage_error(parser: argparse.ArgumentParser, message: str):

@@ -8,6 +8,7 @@ import fairseq_slt  # noqa: F401  (with fairseq loaded: installs the patches)
 from fairseq import checkpoint_utils, file_io
 from fairseq.data import data_utils, iterators
 from fairseq.distributed import utils as distributed_utils
+from fairseq.models import ema
 from fairseq_slt import fairseq_patches
 from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.tasks.translation_slt import TranslationSLTTask
@@ -29,6 +30,15 @@ def test_patches_are_installed_once_on_the_attributes_fairseq_calls():
     assert distributed_utils.call_main is fairseq_patches.checked_call_main
     assert checkpoint_utils.load_model_ensemble_and_task is fairseq_patches.checked_load_ensemble
     assert data_utils.batch_by_size is fairseq_patches.batch_by_size_keeping_the_last
+    assert ema.EMA.step is fairseq_patches.ema_step_masked
+
+
+def test_fairseq_steps_the_ema_average_after_the_tasks_optimizer_step():
+    source = _source(Trainer.train_step)
+    assert source.index("self.task.optimizer_step(") < source.index("self.ema.step(")
+    parameters = list(inspect.signature(fairseq_patches._fairseq_ema_step).parameters)
+    assert parameters == ["self", "new_model", "updates"]
+    assert "self.fp32_params" in _source(ema.EMA.__init__) and "def get_model" in _source(ema.EMA)
 
 
 def test_fairseq_saves_one_checkpoint_then_copies_it_with_pathmanager_copy():

@@ -7,7 +7,7 @@ import torch
 from fairseq.optim.fp16_optimizer import FP16Optimizer
 from omegaconf import OmegaConf
 
-from conftest import load, log_values, train
+from conftest import bits, load, log_values, train
 from fairseq_slt.run.masters import master_copies, sync_master_weights
 from fairseq_slt.pruning import Mask, MaskEnforcer, magnitude_mask
 
@@ -115,6 +115,27 @@ def test_fp16_training_keeps_pruned_positions_zero_in_the_model_and_the_fp32_mas
     mask = Mask.load(os.path.join(mp, "mask.pt"))
     last = load(os.path.join(mp, "checkpoint_last.pt"))["model"]
     assert all(int((last[n][~k] != 0).sum()) == 0 for n, k in mask.items())
+
+
+def test_the_store_ema_average_keeps_the_runs_pruned_positions_zero(data_bin, tmp_path):
+    """--store-ema: fairseq steps an average of the weights after every update (with --ema-fp32, in fp32 copies of
+    its own). An MP run's average kept every position MP pruned nonzero (an "80 %" average had no zeros); now
+    its bits are zero exactly where the run's mask prunes, under every name of the tied embeddings."""
+    save = str(tmp_path / "mp_ema")
+    result = train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2",
+                   "--prune-end", "8", "--prune-frequency", "2", "--store-ema", "--ema-decay", "0.99", "--ema-fp32",
+                   "--log-interval", "1", max_update=10)
+    assert set(log_values(result.stdout, "masked_nonzero")) == {0.0}
+    mask = Mask.load(os.path.join(save, "mask.pt"))
+    assert abs(mask.sparsity() - 0.8) < 0.005
+    extra = load(os.path.join(save, "checkpoint_last.pt"))["extra_state"]
+    names = {"decoder.embed_tokens.weight": "encoder.embed_tokens.weight",  # tied: masked once, under its first name
+             "decoder.output_projection.weight": "encoder.embed_tokens.weight"}
+    for average in (extra["ema"], extra["ema_fp32_params"]):
+        for name in [n for n in average if n in mask or n in names]:
+            keep = mask[names.get(name, name)]
+            assert int((bits(average[name][~keep]) != 0).sum()) == 0, name  # every pruned position: all bits 0
+            assert float(average[name][keep].ne(0).float().mean()) > 0.99, name  # the kept ones: an average
 
 
 def test_memory_efficient_fp16_training_keeps_pruned_weights_zero(data_bin, dense_run, tmp_path):

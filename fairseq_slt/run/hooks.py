@@ -17,7 +17,7 @@ from ..pruning.methods import method
 from ..pruning.pattern import check_shapes, parse_pattern
 from ..pruning.reinit import constant_weights
 from ..pruning.schedule import Schedule
-from .masters import master_copies, sync_master_weights
+from .masters import ema_copies, master_copies, sync_master_weights
 from .options import parse_rewind_points, run_identity
 from .plan import MaskMaker, StartPlan, prepare
 from .ranks import check_ranks
@@ -50,6 +50,7 @@ class PruningRun:
         self.identity = run_identity(cfg, dictionaries)
         self.epoch, self.updates_done = 1, 0
         self.masters: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []  # fp16: the optimizer's fp32 copies
+        self.averages: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []  # --store-ema: the average's copies
         self._stats: Optional[Dict[str, int]] = None
         self.mask_written: Optional[Mask] = None
         self.initial_sparsity = float(cfg.prune_initial_sparsity)  # mp: s_0 of the schedule
@@ -169,6 +170,13 @@ class PruningRun:
         if done in self.rewind_points:
             self.save_rewind_point(done)
 
+    def after_average_step(self, ema) -> None:
+        """fairseq's --store-ema average stepped (after the update's optimizer step and pruning): its pruned
+        positions zeroed, as in the model. Its copies are looked up each time: fairseq may replace them."""
+        self.averages = ema_copies(ema, self.params, self.model)
+        self.enforcer.apply_to_copies(self.averages)
+        self._stats = None
+
     def check_ranks(self, when: str, weights: bool = False) -> None:
         check_ranks(self.mask, self.model, when, weights, logger.info if self.is_master else None)
 
@@ -193,8 +201,8 @@ class PruningRun:
 
     # statistics for the criterion's log lines: measured on the updates fairseq logs (and in validation), once
     def stats(self, training: bool = True) -> Dict[str, int]:
-        """masked_nonzero counts pruned positions holding a nonzero value in the model and in every fp32
-        master copy, against the run's own mask. Two passes over the weights: measured only on updates
+        """masked_nonzero counts pruned positions holding a nonzero value in the model, in every fp32
+        master copy and in the --store-ema average, against the run's own mask. Two passes over the weights: measured only on updates
         whose log line fairseq prints (it prints the last value logged), so they cost nothing otherwise."""
         interval = int(getattr(self.cfg, "log_interval", 1) or 1)
         if training and (self.updates_done + 1) % interval != 0:
@@ -203,7 +211,7 @@ class PruningRun:
             with torch.no_grad():
                 zeros = sum(int((p == 0).sum()) for p in self.params.values())
             self._stats = {"slt_weights": sum(p.numel() for p in self.params.values()), "slt_zeros": zeros,
-                           "slt_masked_nonzero": self.enforcer.masked_nonzero(self.masters), "slt_reports": 1}
+                           "slt_masked_nonzero": self.enforcer.masked_nonzero(self.masters + self.averages), "slt_reports": 1}
         return dict(self._stats)
 
     # checkpointed state

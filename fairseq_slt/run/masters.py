@@ -4,8 +4,10 @@ Weights written into the model after the optimizer was built (rewinding, CLT) mu
 those copies too, or the next optimizer step brings the old values back; pruned positions are zeroed
 in them as in the model.  No fairseq import: this relies only on the optimizer's ``fp16_params`` /
 ``fp32_params`` attributes (one fp32 copy per parameter, or flat buffers, one per device).
+fairseq's ``--store-ema`` keeps one more copy, an average of the weights stepped after every update
+(``ema_copies``): zeroed likewise, or a pruned run's average is dense (an MP 80 % run's had no zeros).
 """
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -35,3 +37,19 @@ def sync_master_weights(copies: List[Tuple[torch.nn.Parameter, torch.Tensor]]) -
     for param, master in copies:
         master.copy_(param.data)
     return bool(copies)
+
+
+def ema_copies(ema, params: Dict[str, torch.nn.Parameter], model: torch.nn.Module
+               ) -> List[Tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(prunable parameter, its copy in fairseq's --store-ema average) pairs: the average's model weights and, with
+    --ema-fp32, its fp32 copies, under every name the parameter has (tied embeddings: each name, once a storage)."""
+    prunable = {id(p) for p in params.values()}
+    sources = [ema.get_model().state_dict(), getattr(ema, "fp32_params", None) or {}]
+    pairs, seen = [], set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        for source in sources if id(param) in prunable else ():
+            copy = source.get(name)
+            if copy is not None and copy.data_ptr() not in seen:
+                seen.add(copy.data_ptr())
+                pairs.append((param, copy))
+    return pairs

@@ -82,6 +82,7 @@ class TranslationSLTTask(TranslationTask):
                 self.pruning = PruningRun(self.cfg, model, self._full_config, fresh_init, self.dictionary_digest())
             except UserError as err:
                 raise _user_error(err) from None
+            fairseq_patches.average_hook = self.pruning.after_average_step  # --store-ema: masked like the model
             if self.pruning.resumed_from == self.pruning.own_last:
                 self._resume_own_checkpoint()
         return model
