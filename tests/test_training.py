@@ -3,9 +3,10 @@ import os
 import re
 import shutil
 
+import pytest
 import torch
 
-from conftest import load, log_values, run_tool, train
+from conftest import TINY_MODEL, TRAINING, USER_DIR, bits, load, log_values, run_tool, train
 from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 
@@ -201,3 +202,25 @@ def test_dense_gradients_train_the_same_weights_with_adam_and_no_clipping(data_b
     assert runs["dense"][1] != runs["zeroed"][1]  # the gradients did differ: pruned weights' ones were kept
     assert load(os.path.join(tmp_path, "dense", "checkpoint_last.pt"))["extra_state"][TASK_KEY]["identity"][
         "prune_dense_gradients"] is True
+
+
+@pytest.mark.parametrize("options", [[], ["--update-freq", "2", "--clip-norm", "0.1", "--fp16", "--fp16-no-flatten-grads",
+                                          "--lr-scheduler", "fixed"]])
+def test_a_dense_run_under_the_plugin_trains_fairseqs_own_weights_bit_for_bit(data_bin, tmp_path, options):
+    """The same command under the plugin's task and criterion (--prune-method none, rewind points saved) and
+    under fairseq's own translation task and criterion: the same weights, bit for bit, and the same losses."""
+    runs = {"fairseq": ["--task", "translation", "--criterion", "label_smoothed_cross_entropy"],
+            "plugin": ["--user-dir", USER_DIR, "--task", "translation_slt", "--criterion",
+                       "label_smoothed_cross_entropy_slt", "--prune-method", "none", "--save-rewind-points", "0,3"]}
+    losses, weights = {}, {}
+    for name, extra in runs.items():
+        save = str(tmp_path / name)
+        result = run_tool("fairseq-train", data_bin, *TINY_MODEL, *TRAINING, "--max-update", 8, "--log-interval", 1,
+                          *options, *extra, "--save-dir", save)
+        losses[name] = [re.search(r" loss=([-\d.e]+), nll_loss=([-\d.e]+)", line).groups()
+                        for line in result.stdout.splitlines() if "| train_inner |" in line]
+        weights[name] = load(os.path.join(save, "checkpoint_last.pt"))["model"]
+    assert len(losses["plugin"]) == 8 and losses["plugin"] == losses["fairseq"]
+    assert weights["plugin"].keys() == weights["fairseq"].keys()
+    for key, value in weights["fairseq"].items():
+        assert torch.equal(bits(weights["plugin"][key]), bits(value)), key
