@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import bits, load, one_error_line, run_tool, train
+from fairseq_slt.checkpoints import Checkpoint
 from fairseq_slt.pruning import Mask, UserError, atomic_save
 from fairseq_slt.pruning.compact import aliases, compress, expand
 
@@ -233,3 +234,32 @@ def test_generate_refuses_a_checkpoint_trained_with_other_dictionaries(data_bin,
                        "give the data-bin it was trained on")
         assert not any(line.startswith("H-") for line in refused.stdout.splitlines())
     assert _hypotheses(data_bin, compact)[0]  # on its own data it translates
+
+
+def test_compress_leaves_the_store_ema_average_out_or_stores_it_as_the_model(data_bin, slt_run, tmp_path):
+    """An MP run with --store-ema: its checkpoint holds fairseq's average of the weights besides the model. A compact
+    file left it in, raw (5x the size of the compact model); now it is left out, and said so, or, with --ema, stored
+    as the model: restored bit for bit, its bitmaps the run's mask."""
+    save = str(tmp_path / "mp_ema")
+    train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2", "--prune-end", "6",
+          "--prune-frequency", "2", "--store-ema", "--ema-decay", "0.9", max_update=8)
+    last = os.path.join(save, "checkpoint_last.pt")
+    state = load(last)
+    plain, average = str(tmp_path / "plain.pt"), str(tmp_path / "average.pt")
+    result = run_tool("fairseq-slt", "compress", last, plain, "--quiet", "--json", str(tmp_path / "plain.json"))
+    assert "left out: fairseq's --store-ema average (ema" in result.stdout
+    assert not {"ema", "ema_fp32_params"} & set(torch.load(plain, weights_only=False)["checkpoint"]["extra_state"])
+    without = dict(state, extra_state={k: v for k, v in state["extra_state"].items() if k != "ema"})
+    torch.save(without, str(tmp_path / "no_ema.pt"))
+    run_tool("fairseq-slt", "compress", str(tmp_path / "no_ema.pt"), str(tmp_path / "no_ema.compact.pt"), "--quiet")
+    assert os.path.getsize(plain) <= os.path.getsize(str(tmp_path / "no_ema.compact.pt")) + 64
+    assert "weights: fairseq's --store-ema average" in run_tool("fairseq-slt", "compress", last, average, "--ema").stdout
+    restored = str(tmp_path / "restored.pt")
+    run_tool("fairseq-slt", "decompress", average, restored)
+    model, ema = load(restored)["model"], state["extra_state"]["ema"]
+    assert all(torch.equal(bits(model[k]), bits(ema[k])) for k in ema) and not torch.equal(
+        model["encoder.layers.0.fc1.weight"], state["model"]["encoder.layers.0.fc1.weight"])
+    assert Checkpoint(restored).mask().checksum() == Checkpoint(last).mask().checksum()
+    refused = run_tool("fairseq-slt", "compress", slt_run["best"], str(tmp_path / "none.pt"), "--ema", check=False)
+    one_error_line(refused, "--ema: ", "holds no --store-ema average")
+    assert not os.path.exists(str(tmp_path / "none.pt"))

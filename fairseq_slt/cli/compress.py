@@ -22,6 +22,12 @@ def add_arguments(parser):
                         help="also report xz -9 of IN and of IN's weights as a plain dense checkpoint (slow)")
     parser.add_argument("--json", help="write the size report (totals and every tensor) as JSON here")
     parser.add_argument("--quiet", action="store_true", help="print the totals only, not every layer")
+    parser.add_argument("--ema", action="store_true",
+                        help="store fairseq's --store-ema average of the weights as the model (masked like the "
+                             "run's weights); without it, the average is left out, as training state")
+
+
+EMA_KEYS = ("ema", "ema_fp32_params")  # fairseq's --store-ema average in extra_state (and its fp32 copies)
 
 
 def main(args):
@@ -35,13 +41,17 @@ def run(args) -> dict:
         refuse_overwrite(args.json, args.force)
     checkpoint = Checkpoint(args.input, "input checkpoint", state=_load_input(args.input))
     meta = inference_state(checkpoint.state)
+    model = _average(checkpoint) if args.ema else checkpoint.model
+    left_out = [key for key in EMA_KEYS if key in meta["extra_state"]]
+    meta["extra_state"] = {key: value for key, value in meta["extra_state"].items() if key not in EMA_KEYS}
     mask = checkpoint.mask()
-    state, rows = compress(checkpoint.model, meta, args.values, masks=mask if mask is not None else {})
+    state, rows = compress(model, meta, args.values, masks=mask if mask is not None else {})
     atomic_save(state, args.output)
     dense = sum(row["dense_fp32_bytes"] for row in rows)
     report = {"input": args.input, "output": args.output, "values": args.values,
               "weight_sparsity": matrix_sparsity(rows), "dense_fp32_bytes": dense,
               "input_bytes": os.path.getsize(args.input), "compact_bytes": os.path.getsize(args.output),
+              "weights": "the --store-ema average" if args.ema else "the model", "left_out": left_out,
               "tensors": rows}
     report["compact_ratio"] = report["compact_bytes"] / dense
     if args.xz_baseline:
@@ -53,6 +63,17 @@ def run(args) -> dict:
     if args.json:
         atomic_write_json(report, args.json)
     return report
+
+
+def _average(checkpoint: Checkpoint) -> dict:
+    """fairseq's --store-ema average, a state dict with the model's names."""
+    average = (checkpoint.state.get("extra_state") or {}).get("ema")
+    if not isinstance(average, dict):
+        raise UserError(f"--ema: {checkpoint.path} holds no --store-ema average (train with --store-ema)")
+    if set(average) != set(checkpoint.model) or any(
+            not torch.is_tensor(average[k]) or average[k].shape != checkpoint.model[k].shape for k in average):
+        raise UserError(f"--ema: the --store-ema average in {checkpoint.path} does not match its model's tensors")
+    return average
 
 
 def _load_input(path: str):
@@ -68,6 +89,11 @@ def print_report(report: dict, quiet: bool = False) -> None:
              f"  dense fp32 weights  {dense:>12,} bytes",
              f"  compact file        {report['compact_bytes']:>12,} bytes = {100 * report['compact_ratio']:.2f} % "
              f"(values {report['values']}{', bit-exact' if report['values'] == 'fp32' else ''}): {report['output']}"]
+    if report.get("weights") == "the --store-ema average":
+        lines.append("  weights: fairseq's --store-ema average, stored as the model")
+    elif report.get("left_out"):
+        lines.append(f"  left out: fairseq's --store-ema average ({', '.join(report['left_out'])}: training state, as "
+                     "the optimizer's; --ema stores it as the model)")
     for key, label in (("xz_input_bytes", "xz -9 of IN"), ("xz_dense_weights_bytes", "xz -9 dense weights")):
         if key in report:
             lines.append(f"  {label:<19} {report[key]:>12,} bytes = {100 * report[key] / dense:.2f} %")
