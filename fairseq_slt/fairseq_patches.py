@@ -32,6 +32,9 @@ the plugin (fairseq's files are never changed: the module attributes fairseq cal
   69 %. While the schedule holds the best, each validation is the first; the count starts at its target.
 - ``models.ema.EMA.step`` (``--store-ema``): fairseq's average of the weights is another copy of them, stepped after
   every update; the training task's hook (``average_hook``) zeroes its pruned positions after each step.
+- ``trainer.Trainer.load_checkpoint`` with ``--store-ema``: a checkpoint without an average (another run's, e.g. a
+  dense one to prune with --restore-file) ended in fairseq's ``KeyError: 'model'`` (it starts the average from the
+  checkpoint's weights after freeing them): ``compact_loading.seeding_average`` hands them over first.
 - ``argparse.ArgumentParser.error`` for fairseq's own parsers (``prog`` fairseq-*): a usage error (an
   unknown --prune-method among them) printed fairseq's whole usage, dozens of lines, before the error:
   the error's one line instead, as the plugin's own refusals.
@@ -54,12 +57,13 @@ step and beam search step without their costliest passes over the vocabulary (``
 import argparse
 import contextlib
 import inspect
+import logging
 import os
 import sys
 
 import numpy as np
 import torch
-from fairseq import checkpoint_utils, file_io
+from fairseq import checkpoint_utils, file_io, trainer
 from fairseq.data import data_utils
 from fairseq.distributed import utils as distributed_utils
 from fairseq.models import ema
@@ -69,6 +73,8 @@ from . import broadcast_fix, clean_exit, compact_loading
 from .pruning import UserError
 from .pruning.io import atomic_save, atomic_write_stream, usage_exit, user_exit
 from .checkpoints import check_dictionaries, dictionary_digest
+
+logger = logging.getLogger(__name__)
 
 _fairseq_copy = None
 _fairseq_save = None
@@ -80,12 +86,13 @@ _fairseq_batch_by_size = None
 _keep_last_batch = False
 _best_held = False
 _fairseq_ema_step = None
+_fairseq_trainer_load = None
 average_hook = None  # set by a training run of the plugin's task: called with fairseq's EMA after each of its steps
 
 
 def install() -> None:
     global _fairseq_copy, _fairseq_save, _fairseq_call_main, _fairseq_load_ensemble, _argparse_error
-    global _fairseq_save_checkpoint, _fairseq_batch_by_size, _fairseq_ema_step
+    global _fairseq_save_checkpoint, _fairseq_batch_by_size, _fairseq_ema_step, _fairseq_trainer_load
     compact_loading.install()
     broadcast_fix.install()
     clean_exit.install()
@@ -113,6 +120,20 @@ def install() -> None:
     if _fairseq_ema_step is None:
         _fairseq_ema_step = ema.EMA.step
         ema.EMA.step = ema_step_masked
+    if _fairseq_trainer_load is None:
+        _fairseq_trainer_load = trainer.Trainer.load_checkpoint
+        trainer.Trainer.load_checkpoint = trainer_load_checkpoint
+
+
+def trainer_load_checkpoint(self, filename, *args, **kwargs):
+    if not self.cfg.ema.store_ema:
+        return _fairseq_trainer_load(self, filename, *args, **kwargs)
+    with compact_loading.seeding_average():
+        extra_state = _fairseq_trainer_load(self, filename, *args, **kwargs)
+    if isinstance(extra_state, dict) and extra_state.pop(compact_loading.SEEDED, False):
+        del extra_state["ema"]  # the checkpoint's weights: not kept for the whole run (fairseq-train holds this dict)
+        logger.info("--store-ema: the restored checkpoint holds no average; it starts from the checkpoint's weights")
+    return extra_state
 
 
 def ema_step_masked(self, new_model, updates=None):

@@ -97,6 +97,14 @@ def test_fairseq_counts_patience_from_a_best_kept_in_a_function_attribute():
     assert not hasattr(fairseq_cli.train.should_stop_early, "best")
 
 
+def test_fairseq_starts_an_absent_average_from_the_model_it_freed_before():
+    # trainer_load_checkpoint: without the workaround, --store-ema and a checkpoint without "ema" end in a KeyError
+    source = _source(fairseq_patches._fairseq_trainer_load)
+    assert source.index('del state["model"]') < source.index('state["model"], build_fp32_params')
+    assert 'if "ema" not in extra_state:' in source
+    assert "load_checkpoint_to_cpu(" in source and Trainer.load_checkpoint is fairseq_patches.trainer_load_checkpoint
+
+
 def test_fairseq_prefetch_threads_have_the_fields_the_exit_hook_drains():
     init = _source(iterators.BackgroundConsumer.__init__)
     assert "self._queue = queue" in init and "self._max_len = max_len" in init

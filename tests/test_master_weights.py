@@ -138,6 +138,28 @@ def test_the_store_ema_average_keeps_the_runs_pruned_positions_zero(data_bin, tm
             assert float(average[name][keep].ne(0).float().mean()) > 0.99, name  # the kept ones: an average
 
 
+def test_store_ema_from_a_checkpoint_without_an_average_starts_it_from_the_checkpoints_weights(data_bin, dense_run,
+                                                                                                 tmp_path):
+    """MP started from a dense checkpoint with --restore-file and --store-ema: fairseq means to start the average
+    from the checkpoint's weights, but reads them after freeing them (KeyError: 'model'). The run trains; its
+    average starts at the dense weights (one update at decay 0.9: 0.9 of them) and is masked like the run."""
+    save = str(tmp_path / "mp_restored_ema")
+    result = train(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.5", "--prune-start", "1",
+                   "--prune-end", "2", "--prune-frequency", "1", "--restore-file", dense_run["best"], "--reset-optimizer",
+                   "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler", "--store-ema", "--ema-decay", "0.9",
+                   "--ema-fp32", "--save-interval-updates", "1", "--keep-interval-updates", "-1", max_update=3)
+    assert "the restored checkpoint holds no average; it starts from the checkpoint's weights" in result.stdout
+    dense = load(dense_run["best"])["model"]
+    first = load(os.path.join(save, "checkpoint_1_1.pt"))
+    name = "encoder.layers.0.fc1.weight"
+    average, after = first["extra_state"]["ema"][name], first["model"][name]
+    assert torch.allclose(average, 0.9 * dense[name] + 0.1 * after, atol=1e-6)
+    mask = Mask.load(os.path.join(save, "mask.pt"))
+    last = load(os.path.join(save, "checkpoint_last.pt"))["extra_state"]
+    for copy in (last["ema"], last["ema_fp32_params"]):
+        assert all(int((bits(copy[n][~k]) != 0).sum()) == 0 for n, k in mask.items())
+
+
 def test_memory_efficient_fp16_training_keeps_pruned_weights_zero(data_bin, dense_run, tmp_path):
     """--memory-efficient-fp16 keeps no fp32 copy of the weights (its fp32 state is the optimizer's moments)."""
     for label, options in (("slt", ["--prune-method", "slt", "--prune-sparsity", "0.8", "--prune-mask-from",
