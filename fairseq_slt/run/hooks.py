@@ -201,17 +201,19 @@ class PruningRun:
 
     # statistics for the criterion's log lines: measured on the updates fairseq logs (and in validation), once
     def stats(self, training: bool = True) -> Dict[str, int]:
-        """masked_nonzero counts pruned positions holding a nonzero value in the model, in every fp32
-        master copy and in the --store-ema average, against the run's own mask. Two passes over the weights: measured only on updates
-        whose log line fairseq prints (it prints the last value logged), so they cost nothing otherwise."""
+        """masked_nonzero counts pruned positions holding a nonzero value in the model, in every fp32 master
+        copy and in the --store-ema average, against the run's own mask. Two passes over the weights: measured
+        only on updates whose log line fairseq prints (it prints the last value logged), so they cost nothing
+        otherwise."""
         interval = int(getattr(self.cfg, "log_interval", 1) or 1)
         if training and (self.updates_done + 1) % interval != 0:
             return {}
         if self._stats is None:
             with torch.no_grad():
                 zeros = sum(int((p == 0).sum()) for p in self.params.values())
+            copies = self.masters + self.averages
             self._stats = {"slt_weights": sum(p.numel() for p in self.params.values()), "slt_zeros": zeros,
-                           "slt_masked_nonzero": self.enforcer.masked_nonzero(self.masters + self.averages), "slt_reports": 1}
+                           "slt_masked_nonzero": self.enforcer.masked_nonzero(copies), "slt_reports": 1}
         return dict(self._stats)
 
     # checkpointed state
