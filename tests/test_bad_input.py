@@ -90,6 +90,8 @@ def cases(dense, bad):
         "rewind beyond the epochs": (["--prune-method", "none", "--save-rewind-points", "0,500", "--max-update", "0",
                                       "--max-epoch", "1"], r"rewind point 500 is beyond the run's last update, \d+ "
                                                            r"\(--max-epoch 1 of \d+ batches each\)"),
+        "rewind points without saving": (["--prune-method", "none", "--save-rewind-points", "0,4", "--no-save"],
+                                         "--save-rewind-points writes checkpoints, --no-save none: drop one of them"),
         "unknown method": (["--prune-method", "magic"], r"^fairseq-train: error: argument --prune-method: invalid choice: "
                                                        r"'magic' \(choose from 'none', 'lt', 'slt', 'clt', 'mp'\)"),
         "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "

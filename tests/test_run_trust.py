@@ -122,6 +122,23 @@ def test_a_save_dir_in_use_by_a_live_run_is_refused(data_bin, dense_run, tmp_pat
     assert os.listdir(save) == []
 
 
+def test_no_save_runs_write_nothing_and_share_a_save_dir(data_bin, dense_run, tmp_path):
+    """--no-save: fairseq writes no checkpoint, and the plugin nothing either (no run.json, no mask files), and takes
+    no lock. Before, each run recorded itself there: a second --no-save run with another sparsity in the same
+    (default) save dir was refused as another run's, and one beside a live run as a busy dir."""
+    save = tmp_path / "sweep"
+    save.mkdir()
+    holder = os.open(save, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live run's lock: a --no-save run changes nothing there
+    try:
+        for sparsity in ("0.5", "0.8"):
+            result = train(data_bin, str(save), *slt(dense_run, sparsity), "--no-save", max_update=4)
+            assert abs(log_values(result.stdout, "sparsity")[-1] - float(sparsity)) < 0.005
+    finally:
+        os.close(holder)
+    assert os.listdir(save) == []
+
+
 def test_a_corrupt_mask_in_the_runs_own_checkpoint_is_one_line(data_bin, slt_run, dense_run, tmp_path):
     save = str(tmp_path / "slt")
     shutil.copytree(slt_run["dir"], save)

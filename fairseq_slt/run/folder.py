@@ -96,13 +96,15 @@ def differences(recorded: dict, current: dict) -> List[str]:
     return lines
 
 
-def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
+def claim(save_dir: str, identity: dict, is_master: bool, writes: bool = True) -> bool:
     """Lock the save dir (rank 0) and check that it belongs to this run; True when it already does
-    (a run to resume), False for a dir nobody has claimed. Writes nothing."""
+    (a run to resume), False for a dir nobody has claimed. Writes nothing. ``writes``: False for a run that
+    will write nothing there (--no-save): no lock, and a torn checkpoint_last.pt is left as it is."""
     if not is_master:  # rank 0 owns the dir; other ranks are checked against rank 0 by checksums at start
         return os.path.isfile(os.path.join(save_dir, LAST))
     os.makedirs(save_dir, exist_ok=True)  # as fairseq-train does first; a model built in a script may come first
-    lock(save_dir)
+    if writes:
+        lock(save_dir)
     recorded = recorded_identity(save_dir)
     if recorded is None:
         return False
@@ -110,7 +112,8 @@ def claim(save_dir: str, identity: dict, is_master: bool) -> bool:
     if changed:
         raise UserError(f"--save-dir {save_dir} belongs to another run ({'; '.join(changed)}): use another "
                            "--save-dir, or the options that run was started with")
-    recover_last(save_dir, recorded)
+    if writes:
+        recover_last(save_dir, recorded)
     return True
 
 

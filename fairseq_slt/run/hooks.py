@@ -55,7 +55,8 @@ class PruningRun:
         self.mask_written: Optional[Mask] = None
         self.initial_sparsity = float(cfg.prune_initial_sparsity)  # mp: s_0 of the schedule
         self.plan: Optional[StartPlan] = None  # a new pruning run's mask and weights, applied at the first update
-        owned = folder.claim(cfg.save_dir, self.identity, self.is_master)
+        self.writes = not getattr(cfg, "no_save", False)  # --no-save: nothing written to the save dir
+        owned = folder.claim(cfg.save_dir, self.identity, self.is_master, self.writes)
         resume = self._checkpoint_to_resume(owned)
         self.phase = Phase.RESUME if resume is not None else Phase.NEW
         self.resumed_from = resume.path if resume is not None else None
@@ -139,7 +140,7 @@ class PruningRun:
         self.plan = None  # applied: the weights it held are not kept
         self._stats = None
         self.check_ranks(f"the {started_from.value} run's start", weights=True)
-        if self.is_master:
+        if self.is_master and self.writes:
             folder.write_manifest(self.cfg.save_dir, self.identity)
         self.write_mask_files()
         if update_num == 0 and 0 in self.rewind_points:
@@ -194,7 +195,7 @@ class PruningRun:
 
     def write_mask_files(self) -> None:
         mask = self.mask
-        if mask is None or not self.is_master or mask is self.mask_written:
+        if mask is None or not self.is_master or not self.writes or mask is self.mask_written:
             return
         mask.save(os.path.join(self.cfg.save_dir, MASK_FILE), os.path.join(self.cfg.save_dir, REPORT_FILE))
         self.mask_written = mask

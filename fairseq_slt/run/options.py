@@ -116,6 +116,8 @@ def validate_options(cfg, check_files: bool = True) -> None:
     max_update = int(cfg.max_update or 0)
     if points and max_update > 0 and points[-1] > max_update:
         raise UserError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
+    if points and getattr(cfg, "no_save", False):
+        raise UserError("--save-rewind-points writes checkpoints, --no-save none: drop one of them")
     if cfg.prune_scope not in SCOPES:
         raise UserError(f"--prune-scope must be one of {', '.join(SCOPES)}, got {cfg.prune_scope!r}")
     if cfg.cpu and int(cfg.distributed_world_size or 1) > 1 and cfg.ddp_backend not in CPU_DDP_BACKENDS:

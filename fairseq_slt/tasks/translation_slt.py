@@ -33,6 +33,7 @@ class TranslationSLTConfig(TranslationConfig, PruningOptions):
     # read from fairseq's other option groups
     max_update: int = II("optimization.max_update")
     save_dir: str = II("checkpoint.save_dir")
+    no_save: bool = II("checkpoint.no_save")
     restore_file: str = II("checkpoint.restore_file")
     distributed_rank: int = II("distributed_training.distributed_rank")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
