@@ -92,6 +92,8 @@ def cases(dense, bad):
                                                            r"\(--max-epoch 1 of \d+ batches each\)"),
         "rewind points without saving": (["--prune-method", "none", "--save-rewind-points", "0,4", "--no-save"],
                                          "--save-rewind-points writes checkpoints, --no-save none: drop one of them"),
+        "two sources of start weights": (slt() + ["--finetune-from-model", dense["best"]],
+                                         "--finetune-from-model has no effect: the run starts from --prune-rewind-from"),
         "unknown method": (["--prune-method", "magic"], r"^fairseq-train: error: argument --prune-method: invalid choice: "
                                                        r"'magic' \(choose from 'none', 'lt', 'slt', 'clt', 'mp'\)"),
         "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "

@@ -156,6 +156,9 @@ def validate_options(cfg, check_files: bool = True) -> None:
         if max_update > 0 and cfg.prune_end > max_update:
             raise UserError(f"--prune-end {cfg.prune_end} is beyond the run's --max-update {max_update}: the run "
                                f"would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
+    if cfg.prune_rewind_from and getattr(cfg, "finetune_from_model", None):
+        raise UserError(f"--finetune-from-model has no effect: the run starts from --prune-rewind-from's weights "
+                        f"({cfg.prune_rewind_from}); drop one of them")
     for option, path in (("--prune-mask-from", cfg.prune_mask_from), ("--prune-rewind-from", cfg.prune_rewind_from)):
         if not path and chosen.from_checkpoints:
             raise UserError(f"--prune-method {cfg.prune_method} needs {option}")

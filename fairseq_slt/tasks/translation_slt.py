@@ -35,6 +35,7 @@ class TranslationSLTConfig(TranslationConfig, PruningOptions):
     save_dir: str = II("checkpoint.save_dir")
     no_save: bool = II("checkpoint.no_save")
     restore_file: str = II("checkpoint.restore_file")
+    finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
     distributed_rank: int = II("distributed_training.distributed_rank")
     distributed_world_size: int = II("distributed_training.distributed_world_size")
     ddp_backend: str = II("distributed_training.ddp_backend")
