@@ -94,6 +94,8 @@ def cases(dense, bad):
                                          "--save-rewind-points writes checkpoints, --no-save none: drop one of them"),
         "two sources of start weights": (slt() + ["--finetune-from-model", dense["best"]],
                                          "--finetune-from-model has no effect: the run starts from --prune-rewind-from"),
+        "checkpoint suffix": (["--prune-method", "none", "--checkpoint-suffix=_x"],
+                              "--checkpoint-suffix _x: a fairseq-slt run keeps fairseq's checkpoint names"),
         "unknown method": (["--prune-method", "magic"], r"^fairseq-train: error: argument --prune-method: invalid choice: "
                                                        r"'magic' \(choose from 'none', 'lt', 'slt', 'clt', 'mp'\)"),
         "other vocabulary": (slt(mask=bad["vocab"]), r"encoder.embed_tokens.weight has shape \(1016, 32\), the model "

@@ -38,6 +38,10 @@ class PruningRun:
 
     def __init__(self, cfg, model: torch.nn.Module, full_config: Callable[[], dict],
                  fresh_init: Optional[Dict[str, torch.Tensor]] = None, dictionaries: Optional[str] = None):
+        if getattr(cfg, "checkpoint_suffix", ""):  # a rerun restarted as a new run: weights rewound over resumed ones
+            raise UserError(f"--checkpoint-suffix {cfg.checkpoint_suffix}: a fairseq-slt run keeps fairseq's checkpoint "
+                            "names (checkpoint_last.pt), which its resume, its recovery after a torn save and its tools "
+                            "read; drop it")
         self.cfg, self.model, self.full_config = cfg, model, full_config
         self.method, self.dictionaries = method(cfg.prune_method), dictionaries
         self.rewind_points = parse_rewind_points(cfg.save_rewind_points)

@@ -34,6 +34,7 @@ class TranslationSLTConfig(TranslationConfig, PruningOptions):
     max_update: int = II("optimization.max_update")
     save_dir: str = II("checkpoint.save_dir")
     no_save: bool = II("checkpoint.no_save")
+    checkpoint_suffix: str = II("checkpoint.checkpoint_suffix")
     restore_file: str = II("checkpoint.restore_file")
     finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
     distributed_rank: int = II("distributed_training.distributed_rank")
