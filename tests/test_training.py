@@ -205,7 +205,9 @@ def test_dense_gradients_train_the_same_weights_with_adam_and_no_clipping(data_b
 
 
 @pytest.mark.parametrize("options", [[], ["--update-freq", "2", "--clip-norm", "0.1", "--fp16", "--fp16-no-flatten-grads",
-                                          "--lr-scheduler", "fixed"]])
+                                          "--lr-scheduler", "fixed"],
+                                     # the training split by another name: its batches stay fairseq's too
+                                     ["--train-subset", "valid", "--valid-subset", "test", "--max-tokens", "600"]])
 def test_a_dense_run_under_the_plugin_trains_fairseqs_own_weights_bit_for_bit(data_bin, tmp_path, options):
     """The same command under the plugin's task and criterion (--prune-method none, rewind points saved) and
     under fairseq's own translation task and criterion: the same weights, bit for bit, and the same losses."""

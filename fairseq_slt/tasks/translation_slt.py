@@ -136,7 +136,7 @@ class TranslationSLTTask(TranslationTask):
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         # every sentence of a test or validation split, not all but a last batch fairseq drops (fairseq_patches)
-        training = dataset is self.datasets.get("train")
+        training = dataset is self.datasets.get(self.cfg.train_subset)  # --train-subset: "train" by default
         with fairseq_patches.keeping_last_batch(not training):
             batches = super().get_batch_iterator(dataset, *args, **kwargs)
         if training and self.pruning is not None:
