@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY_MODEL, TRAINING, USER_DIR, bits, load, log_values, run_tool, train
+from conftest import TINY_MODEL, TRAINING, USER_DIR, bits, load, log_values, run_tool, train, train_args
 from fairseq_slt.checkpoints import TASK_KEY
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 
@@ -226,3 +226,18 @@ def test_a_dense_run_under_the_plugin_trains_fairseqs_own_weights_bit_for_bit(da
     assert weights["plugin"].keys() == weights["fairseq"].keys()
     for key, value in weights["fairseq"].items():
         assert torch.equal(bits(weights["plugin"][key]), bits(value)), key
+
+
+def test_sparsity_and_masked_nonzero_are_logged_under_any_criterion(data_bin, tmp_path):
+    """The task logs them, not the plugin's criterion: with fairseq's own --criterion cross_entropy the log lines
+    showed neither (the run was pruned all the same)."""
+    save = str(tmp_path / "mp_ce")
+    args = [a for a in train_args(data_bin, save, "--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start",
+                                  "2", "--prune-end", "6", "--prune-frequency", "2", "--criterion", "cross_entropy",
+                                  "--log-interval", "1", max_update=8) if a not in ("--label-smoothing", "0.1")]
+    result = run_tool("fairseq-train", *args)
+    assert "'_name': 'cross_entropy'" in result.stdout
+    lines = "\n".join(line for line in result.stdout.splitlines() if "| train_inner |" in line or "valid on" in line)
+    sparsity = log_values(lines, "sparsity")
+    assert len(sparsity) == 8 + 1 and abs(sparsity[-1] - 0.8) < 0.005 and sparsity[0] < 0.01  # 8 updates, 1 validation
+    assert log_values(lines, "masked_nonzero") == [0.0] * 9

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from fairseq import utils
+from fairseq import metrics, utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
@@ -23,6 +23,7 @@ from ..checkpoints import dictionary_digest
 
 logger = logging.getLogger(__name__)
 RESETS = ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_dataloader")
+STATS = ("slt_weights", "slt_zeros", "slt_masked_nonzero", "slt_reports")  # PruningRun.stats() in logging outputs
 
 
 @dataclass
@@ -123,7 +124,28 @@ class TranslationSLTTask(TranslationTask):
             raise _user_error(err) from None
         if started is Phase.NEW:
             fairseq_patches.forget_inherited_best()
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad)
+        return loss, sample_size, self._with_stats(logging_output, training=True)
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        return loss, sample_size, self._with_stats(logging_output, training=False)
+
+    # sparsity and masked_nonzero in the log lines, under any --criterion
+    def _with_stats(self, logging_output: dict, training: bool) -> dict:
+        if self.pruning is not None:
+            logging_output.update(self.pruning.stats(training=training))
+        return logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        # counts are summed over workers and micro-batches; the ratios below undo that exactly
+        sums = {key: sum(log.get(key, 0) for log in logging_outputs) for key in STATS}
+        if sums["slt_weights"] > 0:
+            metrics.log_scalar("sparsity", sums["slt_zeros"] / sums["slt_weights"], weight=0, round=4, priority=800)
+            metrics.log_scalar("masked_nonzero", sums["slt_masked_nonzero"] / max(sums["slt_reports"], 1),
+                               weight=0, round=2, priority=810)
 
     def optimizer_step(self, optimizer, model, update_num):
         super().optimizer_step(optimizer, model, update_num)
