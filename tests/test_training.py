@@ -2,12 +2,14 @@
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL, TRAINING, USER_DIR, bits, load, log_values, run_tool, train, train_args
-from fairseq_slt.checkpoints import TASK_KEY
+from conftest import TINY_MODEL, TRAINING, USER_DIR, bits, env, load, log_values, run_tool, train, train_args
+from fairseq_slt.checkpoints import TASK_KEY, Checkpoint
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 
 EMBED = "encoder.embed_tokens.weight"
@@ -241,3 +243,30 @@ def test_sparsity_and_masked_nonzero_are_logged_under_any_criterion(data_bin, tm
     sparsity = log_values(lines, "sparsity")
     assert len(sparsity) == 8 + 1 and abs(sparsity[-1] - 0.8) < 0.005 and sparsity[0] < 0.01  # 8 updates, 1 validation
     assert log_values(lines, "masked_nonzero") == [0.0] * 9
+
+
+def test_fairseq_hydra_train_runs_the_plugin_from_a_config_file(data_bin, tmp_path):
+    """fairseq-hydra-train composes its configuration before it imports common.user_dir, so `task=translation_slt`
+    cannot name the plugin's task; a config file that gives each group as a dict with its _name does (README)."""
+    save, config = tmp_path / "hydra_mp", tmp_path / "config"
+    config.mkdir()
+    (config / "slt.yaml").write_text(f"""# @package _global_
+common: {{user_dir: {USER_DIR}, cpu: true, log_interval: 1}}
+task: {{_name: translation_slt, data: {data_bin}, prune_method: mp, prune_sparsity: 0.8, prune_start: 2, prune_end: 6,
+       prune_frequency: 2}}
+criterion: {{_name: cross_entropy}}
+model: {{_name: transformer, encoder_layers: 1, decoder_layers: 1, encoder_embed_dim: 32, decoder_embed_dim: 32,
+        encoder_ffn_embed_dim: 64, decoder_ffn_embed_dim: 64, encoder_attention_heads: 2, decoder_attention_heads: 2,
+        share_all_embeddings: true}}
+optimizer: {{_name: adam}}
+lr_scheduler: {{_name: fixed}}
+optimization: {{max_update: 8, lr: [0.001]}}
+dataset: {{max_tokens: 1500, num_workers: 0}}
+checkpoint: {{save_dir: {save}, no_epoch_checkpoints: true}}
+""")
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train"), "--config-dir",
+                             str(config), "--config-name", "slt", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                            env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Checkpoint(str(save / "checkpoint_last.pt")).mask().sparsity() == pytest.approx(0.8, abs=0.005)
+    assert "masked_nonzero=0" in result.stdout + result.stderr
