@@ -5,6 +5,7 @@ import gzip
 import inspect
 import logging
 import os
+import threading
 import time
 
 import pytest
@@ -383,6 +384,41 @@ def test_the_hub_interface_makes_each_model_sparse_once_and_translates_as_dense(
         wrapped = inspect.getclosurevars(part.forward).nonlocals["forward"]
         assert getattr(wrapped, "__self__", None) is part and wrapped.__func__ is type(part).forward
     assert sum("linear layers with at least" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_two_threads_translate_through_one_hub_model_as_one_thread_does(data_bin, slt_run, sparse):
+    """A threaded server on one hub model: one thread's batches of 20 sentences turn the beamable attention on (the
+    decoder's beam size), the other's of 7 do not. The plugin set that and its other per-generation state on the
+    shared modules, so the other thread ended in an IndexError (or translated wrongly); stock fairseq's task did not.
+    Generations under the plugin's task now take turns."""
+    from fairseq.models.transformer import TransformerModel
+    import fairseq_slt.tasks  # noqa: F401
+    hub = TransformerModel.from_pretrained(
+        slt_run["dir"], checkpoint_file="checkpoint_best.pt", data_name_or_path=data_bin, user_dir=USER_DIR,
+        bpe="sentencepiece", sentencepiece_model=os.path.join(os.path.dirname(data_bin), "spm.model"),
+        **({"sparse_inference": True} if sparse else {})).eval()
+    with gzip.open(os.path.join(MULTI30K, "val.en.gz"), "rt") as text:
+        sentences = [next(text).strip() for _ in range(120)]
+    work = {"wide": [sentences[i:i + 20] for i in range(0, 60, 20)],
+            "narrow": [sentences[i:i + 7] for i in range(60, 116, 7)]}
+    options = dict(beam=5, max_len_a=0, max_len_b=12)
+    expected = {name: [hub.translate(batch, **options) for batch in batches] for name, batches in work.items()}
+    outcomes = []
+
+    def serve(name):
+        try:
+            for _ in range(6):
+                outcomes.append(all(hub.translate(batch, **options) == out
+                                    for batch, out in zip(work[name], expected[name])))
+        except Exception as err:  # noqa: BLE001 (the failure under test)
+            outcomes.append(repr(err))
+    threads = [threading.Thread(target=serve, args=(name,)) for name in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == [True] * 12
 
 
 def test_sampling_draws_the_dense_models_tokens_with_sparse_inference(loaded):

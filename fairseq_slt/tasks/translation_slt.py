@@ -1,6 +1,7 @@
 """The ``translation_slt`` task: fairseq's translation task plus lottery-ticket pruning options."""
 import atexit
 import logging
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,6 +24,7 @@ from ..checkpoints import dictionary_digest
 
 logger = logging.getLogger(__name__)
 RESETS = ("reset_optimizer", "reset_lr_scheduler", "reset_meters", "reset_dataloader")
+GENERATING = threading.RLock()  # held by a generation under the plugin's task (and while models are made sparse)
 STATS = ("slt_weights", "slt_zeros", "slt_masked_nonzero", "slt_reports")  # PruningRun.stats() in logging outputs
 
 
@@ -185,13 +187,17 @@ class TranslationSLTTask(TranslationTask):
 
     def build_generator(self, models, args, **kwargs):
         if self.cfg.sparse_inference:
-            self._sparsify(models)
+            with GENERATING:
+                self._sparsify(models)
         return super().build_generator(models, args, **kwargs)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         sample = fairseq_patches.diverse_search_sample(generator, sample)
-        with beamable_attention.generating(generator, models, sample), listed_reorder.generating(models), \
-                encoder_reorder.generating(generator, models), vocab_passes.generating(generator):
+        # the contexts below set state on the shared models for one generation: one generation at a time (two
+        # threads of a hub model, one setting the beamable attention's beam size, ended in an IndexError)
+        with GENERATING, beamable_attention.generating(generator, models, sample), \
+                listed_reorder.generating(models), encoder_reorder.generating(generator, models), \
+                vocab_passes.generating(generator):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:
