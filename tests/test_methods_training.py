@@ -225,7 +225,8 @@ def test_patience_counts_from_the_update_that_reaches_the_target_sparsity(data_b
 def test_with_max_epoch_a_schedule_past_the_runs_last_update_is_refused_before_training(data_bin, tmp_path):
     """--max-epoch without --max-update: the run's last update is known once its batches are, and an MP schedule
     ending after it was accepted and stopped short (a "90 %" run ended at 6 %). The bound is fairseq's own count:
-    a schedule ending on it trains to the target, one update later is refused in one line, nothing written."""
+    a schedule within it trains to the target; one ending an update past the run's last is refused in one line,
+    nothing written."""
     mp = ["--prune-method", "mp", "--prune-sparsity", "0.8", "--prune-start", "2", "--prune-frequency", "2",
           "--max-update", "0", "--max-epoch", "2", "--update-freq", "2"]
     first = str(tmp_path / "within")
