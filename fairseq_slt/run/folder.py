@@ -123,8 +123,8 @@ def recover_last(save_dir: str, identity: dict) -> Optional[str]:
     missing, and fairseq would resume from the older state or from scratch. The newest whole checkpoint of
     this run (more updates, written later) becomes ``checkpoint_last.pt`` again; returns its path."""
     last = os.path.join(save_dir, LAST)
-    newest_updates, newest_time = -1, 0.0
-    if os.path.isfile(last):
+    newest_updates, newest_time, existed = -1, 0.0, os.path.isfile(last)
+    if existed:
         newest_updates = _updates(last)
         newest_time = os.path.getmtime(last) if newest_updates >= 0 else 0.0  # torn: any whole one is newer
     found = None
@@ -142,8 +142,8 @@ def recover_last(save_dir: str, identity: dict) -> Optional[str]:
     if found is not None:
         with open(found, "rb") as source:
             atomic_write_stream(source, last)
-        logger.info(f"{LAST} was older than {os.path.basename(found)} (a save that did not finish): resuming from "
-                    f"update {newest_updates}")
+        why = "was older than it (a save that did not finish)" if existed else "was missing (--no-last-checkpoints?)"
+        logger.info(f"resuming from update {newest_updates} of {os.path.basename(found)}: {LAST} {why}")
     return found
 
 
