@@ -114,8 +114,8 @@ def validate_options(cfg, check_files: bool = True) -> None:
     chosen = method(cfg.prune_method)
     points = parse_rewind_points(cfg.save_rewind_points)
     max_update = int(cfg.max_update or 0)
-    if points and max_update > 0 and points[-1] > max_update:
-        raise UserError(f"rewind point {points[-1]} is beyond the run's --max-update {max_update}")
+    if max_update > 0:
+        check_rewind_points_within(points, max_update, f"--max-update {max_update}")
     if points and getattr(cfg, "no_save", False):
         raise UserError("--save-rewind-points writes checkpoints, --no-save none: drop one of them")
     if cfg.prune_scope not in SCOPES:
@@ -153,9 +153,8 @@ def validate_options(cfg, check_files: bool = True) -> None:
     if chosen.gradual:
         check_schedule(cfg.prune_initial_sparsity, cfg.prune_sparsity, cfg.prune_start, cfg.prune_end,
                        cfg.prune_frequency)
-        if max_update > 0 and cfg.prune_end > max_update:
-            raise UserError(f"--prune-end {cfg.prune_end} is beyond the run's --max-update {max_update}: the run "
-                               f"would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
+        if max_update > 0:
+            check_schedule_within(cfg, max_update, f"--max-update {max_update}")
     if cfg.prune_rewind_from and getattr(cfg, "finetune_from_model", None):
         raise UserError(f"--finetune-from-model has no effect: the run starts from --prune-rewind-from's weights "
                         f"({cfg.prune_rewind_from}); drop one of them")
@@ -177,16 +176,27 @@ def epoch_updates(batches: int, epochs: int, update_freq: List[int], skip_remain
     return total
 
 
+def check_rewind_points_within(points: List[int], last_update: int, bound: str) -> None:
+    """``bound``: what ends the run at ``last_update``, as the error names it (e.g. "--max-update 12")."""
+    if points and points[-1] > last_update:
+        raise UserError(f"rewind point {points[-1]} is beyond the run's {bound}")
+
+
+def check_schedule_within(cfg, last_update: int, bound: str) -> None:
+    """A gradual method's schedule must end by the run's last update (``bound`` as in check_rewind_points_within)."""
+    if cfg.prune_end > last_update:
+        raise UserError(f"--prune-end {cfg.prune_end} is beyond the run's {bound}: the run would stop before "
+                        f"reaching --prune-sparsity {cfg.prune_sparsity}")
+
+
 def check_epoch_bound(cfg, last_update: int, bound: str) -> None:
     """The run's updates end at ``last_update`` (``bound``: what sets it, e.g. --max-epoch with no --max-update):
     a schedule or a rewind point past it would never be reached."""
-    points = parse_rewind_points(cfg.save_rewind_points)
-    if points and points[-1] > last_update:
-        raise UserError(f"rewind point {points[-1]} is beyond the run's last update, {last_update} ({bound})")
+    bound = f"last update, {last_update} ({bound})"
+    check_rewind_points_within(parse_rewind_points(cfg.save_rewind_points), last_update, bound)
     chosen = method(cfg.prune_method)
-    if chosen.prunes and chosen.gradual and cfg.prune_end > last_update:
-        raise UserError(f"--prune-end {cfg.prune_end} is beyond the run's last update, {last_update} ({bound}): the "
-                        f"run would stop before reaching --prune-sparsity {cfg.prune_sparsity}")
+    if chosen.prunes and chosen.gradual:
+        check_schedule_within(cfg, last_update, bound)
 
 
 def option_of(key: str) -> str:

@@ -100,8 +100,7 @@ class TranslationSLTTask(TranslationTask):
     def _resume_own_checkpoint(self) -> None:
         """A rerun of a command with --restore-file OTHER resumes this run's own checkpoint_last.pt, with its
         optimizer, schedule, data position and best loss (fairseq would load OTHER again and start over)."""
-        root = self.cfg._get_root() if OmegaConf.is_config(self.cfg) else None
-        checkpoint = getattr(root, "checkpoint", None)
+        checkpoint = getattr(self._root(), "checkpoint", None)
         if checkpoint is None or checkpoint.restore_file == LAST:
             return
         logger.info(f"resuming this run's own {LAST} (--restore-file {checkpoint.restore_file} only started it)")
@@ -111,8 +110,12 @@ class TranslationSLTTask(TranslationTask):
 
     def _full_config(self) -> dict:
         """The whole training configuration, as fairseq stores it in checkpoints."""
-        root = self.cfg._get_root() if OmegaConf.is_config(self.cfg) else self.cfg
-        return OmegaConf.to_container(root, resolve=True, enum_to_str=True)
+        root = self._root()
+        return OmegaConf.to_container(self.cfg if root is None else root, resolve=True, enum_to_str=True)
+
+    def _root(self):
+        """The whole fairseq configuration this task's options are part of (None for options built alone)."""
+        return self.cfg._get_root() if OmegaConf.is_config(self.cfg) else None
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
@@ -169,8 +172,7 @@ class TranslationSLTTask(TranslationTask):
 
     def _check_epoch_bound(self, batches: int) -> None:
         """With --max-epoch, the run's last update is known once its batches are: before training starts."""
-        root = self.cfg._get_root() if OmegaConf.is_config(self.cfg) else None
-        optimization = getattr(root, "optimization", None)
+        optimization = getattr(self._root(), "optimization", None)
         epochs = int(getattr(optimization, "max_epoch", 0) or 0)
         if not epochs or len(utils.split_paths(self.cfg.data)) > 1:  # data shards: epochs of other sizes
             return
