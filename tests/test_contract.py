@@ -102,6 +102,7 @@ CHECKPOINT_COMMANDS = {
     "compress": (["compress", "{input}", "{out}/compact.pt", "--json", "{out}/report.json"],
                  {"NaN weights", "other architecture", "other vocabulary"}),
     "decompress": (["decompress", "{input}", "{out}/plain.pt"], set()),
+    "average": (["average", "--inputs", "{good}", "{input}", "--output", "{out}/average.pt"], {"NaN weights"}),
     "export-ct2": (["export-ct2", "{input}", "{out}/ct2", "--no-verify"], {"NaN weights"}),
     "unpack": (["unpack", "{input}", "{out}/run"], set()),  # an archive: no kind of these is one
 }
@@ -122,7 +123,7 @@ def test_every_subcommand_taking_a_checkpoint_refuses_every_bad_one(command, goo
         work.mkdir()
         path = _make(kind, str(work), good)
         before = _snapshot(tmp_path)
-        result = _in_process([a.format(input=path, out=work) for a in argv])
+        result = _in_process([a.format(input=path, out=work, good=good) for a in argv])
         _check((command, kind), *result, before, _snapshot(tmp_path), f"fairseq-slt {command}: error: ")
 
 
@@ -322,6 +323,7 @@ def test_no_output_is_replaced_without_force(dense_run, slt_run, tmp_path):
         "compress OUTPUT": ["compress", slt_run["best"], str(existing)],
         "compress --json": ["compress", slt_run["best"], str(tmp_path / "new.pt"), "--json", str(existing)],
         "decompress OUTPUT": ["decompress", slt_run["best"], str(existing)],
+        "average --output": ["average", "--inputs", slt_run["best"], "--output", str(existing)],
         "export-ct2 OUT_DIR": ["export-ct2", slt_run["best"], str(existing), "--no-verify"],
         "results --json": ["results", slt_run["dir"], "--no-score", "--json", str(existing)],
         "pack OUT": ["pack", slt_run["dir"], str(existing)],

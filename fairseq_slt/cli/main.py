@@ -15,6 +15,8 @@ SUBCOMMANDS = {
     "results": ("results", "finished runs -> the paper's Table 1 (Markdown), a BLEU-vs-sparsity plot and JSON"),
     "curve": ("curve", "a run's learning curve (valid/test BLEU of every interval checkpoint) and the protocol's T"),
     "compress": ("compress", "a pruned checkpoint -> a compact file: per matrix a coded bitmap + kept values"),
+    "average": ("average", "fairseq's checkpoint averaging for pruned runs: one mask in all inputs, kept exactly in "
+                "the average"),
     "decompress": ("decompress", "a compact file -> a standard fairseq checkpoint (bit-identical fp32 weights)"),
     "export-ct2": ("export_ct2", "a pruned checkpoint or compact file -> a CTranslate2 model (int8 etc.), verified "
                    "against fairseq-generate"),
