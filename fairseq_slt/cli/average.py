@@ -120,9 +120,11 @@ def _check_same_run(first: Checkpoint, other: Checkpoint, mask) -> None:
     if (theirs is None) != (mask is None) or (mask is not None and theirs.checksum() != mask.checksum()):
         def described(m) -> str:
             return "no mask" if m is None else f"a mask of sparsity {m.sparsity():.4f}"
+        why = ("an average with unpruned weights is not sparse" if theirs is None or mask is None else
+               "an average of weights pruned at other positions is not that sparse; average checkpoints of one mask "
+               "(an MP run's from its schedule's end on)")
         raise UserError(f"{other.path} (update {other.num_updates}) holds {described(theirs)}, {first.path} (update "
-                        f"{first.num_updates}) {described(mask)}: an average of weights pruned at other positions is "
-                        "not that sparse; average checkpoints of one mask (an MP run's from its schedule's end on)")
+                        f"{first.num_updates}) {described(mask)}: {why}")
 
 
 def _check_zeros(checkpoint: Checkpoint, mask) -> None:
