@@ -222,6 +222,20 @@ def test_patience_counts_from_the_update_that_reaches_the_target_sparsity(data_b
     assert "early stop since valid performance hasn't improved for last 1 runs" in result.stdout + result.stderr
 
 
+def test_a_run_stopped_before_its_schedule_ends_says_so_at_exit(data_bin, tmp_path):
+    """fairseq's --stop-time-hours (like Ctrl-C) ends a run wherever it is; an MP run stopped before its schedule's
+    end holds a fraction of its sparsity and no checkpoint_best.pt. It says so as it exits; a finished run does not."""
+    mp = ["--prune-method", "mp", "--prune-sparsity", "0.9", "--prune-start", "2", "--prune-end", "6",
+          "--prune-frequency", "2"]
+    stopped = train(data_bin, str(tmp_path / "stopped"), *mp, "--stop-time-hours", "1e-9")
+    output = stopped.stdout + stopped.stderr
+    assert "the run stopped after update 1, before its schedule reached sparsity 0.9 (update 6): its mask is at " \
+           "sparsity 0.0000" in output, output[-3000:]
+    assert not os.path.exists(tmp_path / "stopped" / "checkpoint_best.pt")
+    finished = train(data_bin, str(tmp_path / "finished"), *mp)
+    assert "the run stopped after" not in finished.stdout + finished.stderr
+
+
 def test_with_max_epoch_a_schedule_past_the_runs_last_update_is_refused_before_training(data_bin, tmp_path):
     """--max-epoch without --max-update: the run's last update is known once its batches are, and an MP schedule
     ending after it was accepted and stopped short (a "90 %" run ended at 6 %). The bound is fairseq's own count:

@@ -3,6 +3,7 @@ after each step, statistics, checkpoint state) in an explicit phase (new, resume
 
 No fairseq import: it runs on any ``nn.Module`` and is tested directly.
 """
+import atexit
 import enum
 import logging
 import os
@@ -149,7 +150,19 @@ class PruningRun:
         self.write_mask_files()
         if update_num == 0 and 0 in self.rewind_points:
             self.save_rewind_point(0)
+        if self.is_master:
+            atexit.register(self.warn_if_short)
         return started_from
+
+    def warn_if_short(self) -> None:
+        """At exit: a run that stopped before its schedule's end (--stop-time-hours, Ctrl-C, a crash) says so."""
+        done, cfg = self.updates_done, self.cfg
+        if self.mask is None or self.schedule.reached(done):
+            return
+        logger.warning(f"the run stopped after update {done}, before its schedule reached sparsity "
+                       f"{cfg.prune_sparsity:g} (update {cfg.prune_end}): its mask is at sparsity "
+                       f"{self.mask.sparsity():.4f}, and its checkpoint_best.pt is only written from the target on; "
+                       "the same command goes on (fairseq counts --stop-time-hours over every session)")
 
     @torch.no_grad()
     def _set_constant_weights(self, mask: Mask) -> None:
