@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 MASK_FILE, REPORT_FILE = "mask.pt", "mask_report.json"
 
 
+_WATCHED: List["PruningRun"] = []  # the process's last started run, checked at exit (one: a process training
+# runs one after another keeps no earlier run's model alive)
+
+
+def _watch_at_exit(run: "PruningRun") -> None:
+    if not _WATCHED:
+        atexit.register(lambda: [watched.warn_if_short() for watched in _WATCHED])
+    _WATCHED[:] = [run]
+
+
 class Phase(enum.Enum):
     NEW = "new"  # starts afresh: its mask and start weights are applied at the first update
     RESUME = "resume"  # continues a checkpoint of this run: its stored mask, the weights fairseq restores
@@ -151,7 +161,7 @@ class PruningRun:
         if update_num == 0 and 0 in self.rewind_points:
             self.save_rewind_point(0)
         if self.is_master:
-            atexit.register(self.warn_if_short)
+            _watch_at_exit(self)
         return started_from
 
     def warn_if_short(self) -> None:
