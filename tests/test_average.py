@@ -71,6 +71,8 @@ def test_checkpoints_of_other_masks_or_with_weights_where_it_prunes_are_refused(
                             out, check=False), "checkpoint_1_4.pt (update 4) holds a mask of sparsity", "one mask")
     one_error_line(run_tool("fairseq-slt", "average", "--inputs", mp_run, "--num-update-checkpoints", 5, "--output",
                             out, check=False), "--num-update-checkpoints 5", "holds 4 checkpoint_EPOCH_UPDATE.pt")
+    one_error_line(run_tool("fairseq-slt", "average", "--inputs", mp_run, "--num-update-checkpoints", 0, "--output",
+                            out, check=False), "--num-update-checkpoints must be at least 1, not 0")
     one_error_line(run_tool("fairseq-slt", "average", "--inputs", mp_run, "--num-update-checkpoints", 2,
                             "--checkpoint-upper-bound", 4, "--output", out, check=False), "holds 1", "up to 4")
     stray = load(os.path.join(mp_run, "checkpoint_1_8.pt"))

@@ -51,22 +51,23 @@ def main(args):
 
 def input_paths(args) -> List[str]:
     """The checkpoints to average, as fairseq's script picks them (the newest first with --num-*-checkpoints)."""
-    count = args.num_update_checkpoints or args.num_epoch_checkpoints
+    count = next((n for n in (args.num_update_checkpoints, args.num_epoch_checkpoints) if n is not None), None)
     if count is None:
         if args.checkpoint_upper_bound is not None:
             raise UserError("--checkpoint-upper-bound needs --num-update-checkpoints or --num-epoch-checkpoints")
         return list(args.inputs)
-    option = "--num-update-checkpoints" if args.num_update_checkpoints else "--num-epoch-checkpoints"
+    option = "--num-update-checkpoints" if args.num_update_checkpoints is not None else "--num-epoch-checkpoints"
     if count < 1:
         raise UserError(f"{option} must be at least 1, not {count}")
     if len(args.inputs) != 1 or not os.path.isdir(args.inputs[0]):
         raise UserError(f"{option} takes one run folder as --inputs, not {' '.join(args.inputs)}")
-    folder, pattern = args.inputs[0], UPDATE_NAME if args.num_update_checkpoints else EPOCH_NAME
+    by_update = args.num_update_checkpoints is not None
+    folder, pattern = args.inputs[0], UPDATE_NAME if by_update else EPOCH_NAME
     found = sorted(((int(m.group(1)), name) for name in os.listdir(folder) for m in [pattern.fullmatch(name)]
                     if m and (args.checkpoint_upper_bound is None or int(m.group(1)) <= args.checkpoint_upper_bound)),
                    reverse=True)
     if len(found) < count:
-        kind = "checkpoint_EPOCH_UPDATE.pt" if args.num_update_checkpoints else "checkpointEPOCH.pt"
+        kind = "checkpoint_EPOCH_UPDATE.pt" if by_update else "checkpointEPOCH.pt"
         bound = "" if args.checkpoint_upper_bound is None else f" up to {args.checkpoint_upper_bound}"
         raise UserError(f"{option} {count}: {folder} holds {len(found)} {kind}{bound}")
     return [os.path.join(folder, name) for _, name in found[:count]]
