@@ -7,6 +7,7 @@ import torch
 
 from conftest import load, one_error_line, train, train_killed_when
 from fairseq_slt.checkpoints import TASK_KEY, Checkpoint
+from fairseq_slt.cli.results import finished
 from fairseq_slt.pruning import Mask, magnitude_mask, pruned_count
 from fairseq_slt.pruning.schedule import cubic_sparsity
 from fairseq_slt.run.options import epoch_updates
@@ -232,8 +233,10 @@ def test_a_run_stopped_before_its_schedule_ends_says_so_at_exit(data_bin, tmp_pa
     assert "the run stopped after update 1, before its schedule reached sparsity 0.9 (update 6): its mask is at " \
            "sparsity 0.0000" in output, output[-3000:]
     assert not os.path.exists(tmp_path / "stopped" / "checkpoint_best.pt")
-    finished = train(data_bin, str(tmp_path / "finished"), *mp)
-    assert "the run stopped after" not in finished.stdout + finished.stderr
+    done = train(data_bin, str(tmp_path / "finished"), *mp)
+    assert "the run stopped after" not in done.stdout + done.stderr
+    assert finished(str(tmp_path / "stopped")) == "its last checkpoint at update 1 of 12"  # results, pack: unfinished
+    assert finished(str(tmp_path / "finished")) is None
 
 
 def test_with_max_epoch_a_schedule_past_the_runs_last_update_is_refused_before_training(data_bin, tmp_path):
@@ -247,6 +250,10 @@ def test_with_max_epoch_a_schedule_past_the_runs_last_update_is_refused_before_t
     train(data_bin, first, *mp, "--prune-end", "20")
     last = load(os.path.join(first, "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"]
     assert abs(Checkpoint(os.path.join(first, "checkpoint_last.pt")).mask().sparsity() - 0.8) < 0.005
+    assert finished(first) is None  # by its epochs: results and pack take it (they called it "update N of ?")
+    short = str(tmp_path / "short")
+    train(data_bin, short, *mp, "--prune-end", "20", "--stop-time-hours", "1e-9")
+    assert finished(short) == "its last checkpoint at update 1, in epoch 1 of --max-epoch 2"
     beyond = tmp_path / "beyond"
     result = train(data_bin, str(beyond), *mp, "--prune-end", str(last + 1), check=False)
     one_error_line(result, f"--prune-end {last + 1} is beyond the run's last update, {last} (--max-epoch 2 of ",

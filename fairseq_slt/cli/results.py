@@ -87,9 +87,18 @@ def finished(run: str) -> Optional[str]:
     if not os.path.isfile(last):
         return "no checkpoint yet"
     checkpoint = Checkpoint(last, "checkpoint", mmap=True)
-    target = ((checkpoint.state.get("cfg") or {}).get("optimization") or {}).get("max_update") or 0
+    optimization = (checkpoint.state.get("cfg") or {}).get("optimization") or {}
+    target, epochs = optimization.get("max_update") or 0, optimization.get("max_epoch") or 0
     done = checkpoint.num_updates or 0
-    return None if target and done >= target else f"its last checkpoint at update {done} of {target or '?'}"
+    if target and done >= target:
+        return None
+    # --max-epoch: fairseq saves the epoch after the last one it finished (iterations 0) as the iterator's
+    next_epoch = ((checkpoint.state.get("extra_state") or {}).get("train_iterator") or {}).get("epoch")
+    if epochs and isinstance(next_epoch, int) and next_epoch > epochs:
+        return None
+    if epochs:
+        return f"its last checkpoint at update {done}, in epoch {next_epoch} of --max-epoch {epochs}"
+    return f"its last checkpoint at update {done} of {target or '?'}"
 
 
 def compact_bytes(checkpoint: Checkpoint) -> Dict[str, int]:
