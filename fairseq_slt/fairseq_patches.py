@@ -192,6 +192,11 @@ def hold_best(held: bool) -> None:
     _best_held = held
 
 
+def stopped_by_patience(patience: int) -> bool:
+    """Whether fairseq-train's --patience has just ended the run: it decides before the save it ends with."""
+    return patience > 0 and any(getattr(function, "num_runs", 0) >= patience for function in _patience_functions())
+
+
 def _patience_functions():
     """fairseq-train's ``should_stop_early``, from whichever module runs train.py (``__main__`` under python -m)."""
     for name in ("fairseq_cli.train", "__main__"):

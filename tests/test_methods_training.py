@@ -221,6 +221,8 @@ def test_patience_counts_from_the_update_that_reaches_the_target_sparsity(data_b
     stopped = last["optimizer_history"][-1]["num_updates"]
     assert 8 < stopped < 30, stopped  # patience still stops the run, once its sparsity is the one asked for
     assert "early stop since valid performance hasn't improved for last 1 runs" in result.stdout + result.stderr
+    assert finished(save) is None and load(os.path.join(save, "checkpoint_last.pt"))["extra_state"][TASK_KEY][
+        "stopped"] == "patience"  # results and pack take it as finished
 
 
 def test_a_run_stopped_before_its_schedule_ends_says_so_at_exit(data_bin, tmp_path):

@@ -90,8 +90,8 @@ def finished(run: str) -> Optional[str]:
     optimization = (checkpoint.state.get("cfg") or {}).get("optimization") or {}
     target, epochs = optimization.get("max_update") or 0, optimization.get("max_epoch") or 0
     done = checkpoint.num_updates or 0
-    if target and done >= target:
-        return None
+    if target and done >= target or checkpoint.task_state.get("stopped") == "patience":
+        return None  # fairseq's --patience ended it: as finished as fairseq makes it
     # --max-epoch: fairseq saves the epoch after the last one it finished (iterations 0) as the iterator's
     next_epoch = ((checkpoint.state.get("extra_state") or {}).get("train_iterator") or {}).get("epoch")
     if epochs and isinstance(next_epoch, int) and next_epoch > epochs:

@@ -231,7 +231,13 @@ class TranslationSLTTask(TranslationTask):
 
     # resume: fairseq stores this dict in the checkpoint's extra_state under the class name
     def get_checkpoint_dict(self):
-        return {self.__class__.__name__: self.pruning.checkpoint_dict()} if self.pruning is not None else {}
+        if self.pruning is None:
+            return {}
+        state = self.pruning.checkpoint_dict()
+        patience = int(getattr(getattr(self._root(), "checkpoint", None), "patience", 0) or 0)
+        if fairseq_patches.stopped_by_patience(patience):  # this save is the run's last: results counts it finished
+            state["stopped"] = "patience"
+        return {self.__class__.__name__: state}
 
     def set_checkpoint_dict(self, state):
         if self.pruning is not None and state:
