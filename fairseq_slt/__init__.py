@@ -4,6 +4,7 @@ Importing the package registers its task and criterion with fairseq when fairseq
 (as under ``fairseq-train --user-dir``); the pruning math in ``fairseq_slt.pruning`` and the
 ``fairseq-slt`` tools work without importing fairseq.
 """
+import importlib.util
 import os
 import sys
 import warnings
@@ -14,6 +15,22 @@ __version__ = "0.2.0"
 UNSAFE_LOAD_VARIABLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 allow_fairseq_globals()  # fairseq's own torch.load (weights_only=True) needs argparse.Namespace
+
+
+def _one_package_by_every_path() -> None:
+    """fairseq's --user-dir check compares the path it is given with this package's ``__path__``, as text: an import
+    through the link beside fairseq's package (``link-user-dir``) and then ``user_dir=`` the checkout's folder (or
+    the other way round) ended in "not globally unique". Both paths are this package."""
+    real = os.path.realpath(__path__[0])
+    fairseq = importlib.util.find_spec("fairseq")
+    link = os.path.join(os.path.dirname(os.path.dirname(fairseq.origin)), "fairseq_slt") if fairseq and \
+        fairseq.origin else None
+    for path in (real, link):
+        if path and path not in __path__ and os.path.realpath(path) == real:
+            __path__.append(path)
+
+
+_one_package_by_every_path()
 
 if "fairseq" in sys.modules:
     # fairseq's torch.load calls pass no weights_only, so this variable would make them unpickle anything

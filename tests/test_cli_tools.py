@@ -61,6 +61,26 @@ def test_relative_user_dir_resolves_beside_fairseq():
     assert os.path.isabs(printed) and os.path.realpath(printed) == os.path.realpath(beside)
 
 
+def test_user_dir_by_the_checkouts_path_or_the_link_beside_fairseq_after_an_import(tmp_path):
+    """A program that imports the plugin (e.g. for the hub, `import fairseq_slt.tasks`) and then hands fairseq
+    `user_dir=` one of the package's two paths: fairseq compares it with the package's __path__ as text, and the
+    other path ended in "not globally unique". Imported through the checkout (cwd) and through the link."""
+    import fairseq
+
+    link = os.path.join(os.path.dirname(os.path.dirname(fairseq.__file__)), "fairseq_slt")
+    real = os.path.realpath(os.path.join(ROOT, "fairseq_slt"))
+    code = ("import argparse, sys, fairseq_slt, fairseq.utils as u\n"
+            "print(fairseq_slt.__file__)\n"
+            "[u.import_user_module(argparse.Namespace(user_dir=path)) for path in sys.argv[1:]]\n")
+    imported = set()
+    for cwd in (ROOT, str(tmp_path)):
+        done = subprocess.run([sys.executable, "-c", code, real, link], cwd=cwd, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"), timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported.add(os.path.dirname(done.stdout.strip()))
+    assert imported == {real, link} or real == link, imported  # each way in was taken
+
+
 def test_wheel_installs_the_package_beside_fairseq(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
                     ROOT], check=True, capture_output=True)
