@@ -81,6 +81,12 @@ def test_checkpoints_of_other_masks_or_with_weights_where_it_prunes_are_refused(
     atomic_save(stray, str(tmp_path / "stray.pt"))
     one_error_line(run_tool("fairseq-slt", "average", "--inputs", os.path.join(mp_run, "checkpoint_1_16.pt"),
                             tmp_path / "stray.pt", "--output", out, check=False), "stray.pt holds", "where its mask prunes")
+    other = load(os.path.join(mp_run, "checkpoint_1_12.pt"))  # the same sizes, other dictionaries (their digest)
+    other["extra_state"]["TranslationSLTTask"]["identity"]["dictionaries"] = "0" * 16
+    atomic_save(other, str(tmp_path / "other.pt"))
+    one_error_line(run_tool("fairseq-slt", "average", "--inputs", os.path.join(mp_run, "checkpoint_1_16.pt"),
+                            tmp_path / "other.pt", "--output", out, check=False), "other.pt was trained with other "
+                   "dictionaries")
     assert not os.path.exists(out)
     (tmp_path / "average.pt").write_bytes(b"kept")
     one_error_line(run_tool("fairseq-slt", "average", "--inputs", os.path.join(mp_run, "checkpoint_1_16.pt"),
