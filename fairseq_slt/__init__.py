@@ -17,15 +17,19 @@ UNSAFE_LOAD_VARIABLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 allow_fairseq_globals()  # fairseq's own torch.load (weights_only=True) needs argparse.Namespace
 
 
+def beside_fairseq():
+    """Where fairseq resolves a relative ``--user-dir fairseq_slt``: beside its own package (None: no fairseq)."""
+    fairseq = importlib.util.find_spec("fairseq")
+    return os.path.join(os.path.dirname(os.path.dirname(fairseq.origin)), "fairseq_slt") if fairseq and \
+        fairseq.origin else None
+
+
 def _one_package_by_every_path() -> None:
     """fairseq's --user-dir check compares the path it is given with this package's ``__path__``, as text: an import
     through the link beside fairseq's package (``link-user-dir``) and then ``user_dir=`` the checkout's folder (or
     the other way round) ended in "not globally unique". Both paths are this package."""
     real = os.path.realpath(__path__[0])
-    fairseq = importlib.util.find_spec("fairseq")
-    link = os.path.join(os.path.dirname(os.path.dirname(fairseq.origin)), "fairseq_slt") if fairseq and \
-        fairseq.origin else None
-    for path in (real, link):
+    for path in (real, beside_fairseq()):
         if path and path not in __path__ and os.path.realpath(path) == real:
             __path__.append(path)
 

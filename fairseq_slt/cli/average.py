@@ -13,6 +13,7 @@ import torch
 from ..checkpoints import Checkpoint
 from ..pruning import UserError, atomic_save
 from ..pruning.compact import aliases
+from ..pruning.enforce import bits
 from ..pruning.io import Failure, refuse_overwrite
 
 UPDATE_NAME = re.compile(r"checkpoint_\d+_(\d+)\.pt")  # fairseq's --save-interval-updates files
@@ -108,13 +109,7 @@ def average(paths: List[str], output: str) -> dict:
 
 
 def _check_same_run(first: Checkpoint, other: Checkpoint, mask) -> None:
-    if list(other.model) != list(first.model):
-        missing = next(iter([n for n in first.model if n not in other.model] or [n for n in other.model]), "?")
-        raise UserError(f"{other.path} has other tensors than {first.path} ({missing}): another architecture")
-    for name, tensor in first.model.items():
-        if tuple(other.model[name].shape) != tuple(tensor.shape):
-            raise UserError(f"{other.path} does not match {first.path}: {name} has shape "
-                            f"{tuple(other.model[name].shape)}, not {tuple(tensor.shape)}")
+    other.check_matches(first.model)  # the same tensors and shapes as the first input's model
     if other.dictionaries and first.dictionaries and other.dictionaries != first.dictionaries:
         raise UserError(f"{other.path} was trained with other dictionaries than {first.path}: another run")
     theirs = other.mask()
@@ -142,8 +137,8 @@ def _zero_bits_where_pruned(model: dict, mask) -> Optional[float]:
     """Share of the masked matrices' weights whose bits are all 0; a pruned position with a bit set is a failure."""
     zeros = total = 0
     for name, keep in mask.items():
-        bits = model[name].contiguous().view(torch.int32)
-        if bool((bits[~keep] != 0).any()):
+        words = bits(model[name])
+        if bool((words[~keep] != 0).any()):
             raise Failure(f"the average of {name} is not +0.0 at every pruned position")
-        zeros, total = zeros + int((bits == 0).sum()), total + bits.numel()
+        zeros, total = zeros + int((words == 0).sum()), total + words.numel()
     return zeros / total if total else 0.0

@@ -1,7 +1,6 @@
 """``fairseq-slt``: the package's own tools as subcommands (training stays ``fairseq-train``)."""
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -33,10 +32,11 @@ def _user_dir() -> str:
 
 def _link_user_dir() -> int:
     """fairseq also resolves a relative --user-dir beside its own package folder: link ours there."""
-    spec = importlib.util.find_spec("fairseq")
-    if spec is None or not spec.origin:
+    from .. import beside_fairseq
+
+    target = beside_fairseq()
+    if target is None:
         sys.exit("fairseq-slt link-user-dir: error: fairseq is not installed")
-    target = os.path.join(os.path.dirname(os.path.dirname(spec.origin)), "fairseq_slt")
     source = _user_dir()
     if os.path.realpath(target) == os.path.realpath(source):
         print(f"{target} is the plugin already")
