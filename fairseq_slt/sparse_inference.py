@@ -155,6 +155,7 @@ class SparseLinear(nn.Module):
         self.plan_key = (self.out_features, self.in_features, round(100 * self.density))  # what Plan decides by
         self.plan = plan
         self.operand = csr_kernel.Operand.of(self.csr)  # None: torch's CSR product only
+        self.train(linear.training)  # in the mode of the layer it replaces (a model in eval mode stays so)
 
     def takes_kernel(self) -> bool:
         """Whether the row-major kernel can run this layer: float32, 32-bit indices, and the kernel built here."""

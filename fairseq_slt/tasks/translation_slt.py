@@ -13,8 +13,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import beamable_attention, encoder_reorder, fairseq_patches, listed_reorder, sparse_inference, step_trial, \
-    vocab_passes
+from .. import beamable_attention, encoder_reorder, fairseq_patches, lean_decoder_step, listed_reorder, \
+    sparse_inference, step_trial, vocab_passes
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
@@ -199,7 +199,7 @@ class TranslationSLTTask(TranslationTask):
         # threads of a hub model, one setting the beamable attention's beam size, ended in an IndexError)
         with GENERATING, beamable_attention.generating(generator, models, sample), \
                 listed_reorder.generating(models), encoder_reorder.generating(generator, models), \
-                vocab_passes.generating(generator):
+                lean_decoder_step.generating(models), vocab_passes.generating(generator):
             return super().inference_step(generator, models, sample, prefix_tokens, constraints)
 
     def _sparsify(self, models) -> None:

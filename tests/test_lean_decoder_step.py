@@ -1,0 +1,133 @@
+"""Beam search under translation_slt takes each decoder layer's one-token steps the lean way, and its translations
+(tokens, scores, per-token scores, attention) are fairseq's bit for bit; layers with features the lean step does
+not have, and calls that are not one-token steps, run fairseq's forward."""
+import argparse
+import contextlib
+import copy
+
+import pytest
+import torch
+from fairseq.models.transformer import TransformerModel
+from omegaconf import OmegaConf
+
+from fairseq_slt import lean_decoder_step, sparse_inference
+
+
+@pytest.fixture(scope="module")
+def loaded(data_bin, slt_run):
+    from fairseq import checkpoint_utils
+    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
+    task.load_dataset("test")
+    model = models[0].eval()
+    model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 5}}))  # as fairseq-generate does
+    return task, model
+
+
+def _pre_norm_model(task):
+    """Two pre-norm decoder layers of 4 heads with random weights (not the post-norm 1-layer test model)."""
+    args = argparse.Namespace(arch="transformer", encoder_layers=1, decoder_layers=2, encoder_embed_dim=32,
+                              decoder_embed_dim=32, encoder_ffn_embed_dim=64, decoder_ffn_embed_dim=64,
+                              encoder_attention_heads=4, decoder_attention_heads=4, decoder_normalize_before=True,
+                              encoder_normalize_before=True, share_all_embeddings=True, activation_fn="gelu")
+    from fairseq.models.transformer import base_architecture
+    base_architecture(args)
+    torch.manual_seed(5)
+    return TransformerModel.build_model(args, task).eval()
+
+
+def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, **options):
+    """Every hypothesis of every test sentence: tokens, score, per-token scores and attention, as tensors."""
+    if not lean:
+        monkeypatch.setattr(lean_decoder_step, "generating", lambda models: contextlib.nullcontext())
+    generator = task.build_generator([model], argparse.Namespace(**{"beam": 5, "max_len_b": 20, **options}))
+    batches = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=batch,
+                                      disable_iterator_cache=True).next_epoch_itr(shuffle=False)
+    results = {}
+    try:
+        with torch.no_grad():
+            for sample in batches:
+                for sentence, hypotheses in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
+                    results[sentence] = [(h["tokens"], h["score"], h["positional_scores"], h["attention"],
+                                          h.get("alignment")) for h in hypotheses]
+    finally:
+        monkeypatch.undo()
+    return results
+
+
+def _same(ours, fairseqs):
+    assert len(ours) >= 90 and ours.keys() == fairseqs.keys()
+    for sentence, hypotheses in fairseqs.items():
+        assert len(ours[sentence]) == len(hypotheses)
+        for mine, theirs in zip(ours[sentence], hypotheses):
+            for a, b in zip(mine, theirs):  # tensors, and the alignment's list of pairs (or None)
+                assert torch.equal(a, b) if torch.is_tensor(a) else a == b, sentence
+
+
+def _counted(run):
+    lean_decoder_step.counts.update(lean=0, fairseq=0)
+    result = run()
+    return result, dict(lean_decoder_step.counts)
+
+
+@pytest.mark.parametrize("model_kind", ["post-norm trained", "pre-norm gelu"])
+@pytest.mark.parametrize("options", [dict(), dict(print_alignment="hard", nbest=3), dict(beam=1)],
+                         ids=["beam", "alignment-nbest", "greedy"])
+def test_lean_steps_translate_bit_for_bit_as_fairseqs_forward(loaded, monkeypatch, model_kind, options):
+    task, model = loaded
+    if model_kind != "post-norm trained":
+        model = _pre_norm_model(task)
+        options = dict(options, min_len=12)  # random weights: else most hypotheses end within a few steps
+    fairseqs, counted = _counted(lambda: _generate(task, model, False, monkeypatch, **options))
+    assert counted == {"lean": 0, "fairseq": 0}  # fairseq's forward, not wrapped at all
+    ours, counted = _counted(lambda: _generate(task, model, True, monkeypatch, **options))
+    _same(ours, fairseqs)
+    layers = len(model.decoder.layers)
+    # the first step of each batch projects the encoder output (fairseq's forward); every later step is lean
+    batches = -(-len(ours) // 4)
+    assert counted["fairseq"] == layers * batches and counted["lean"] > 10 * counted["fairseq"]
+    assert all("forward" not in vars(layer) for layer in model.decoder.layers)  # fairseq's forward again after
+
+
+def test_with_sparse_inference_the_steps_are_lean_and_translate_as_fairseqs_forward(loaded, monkeypatch):
+    task, model = loaded
+    sparse, plan = copy.deepcopy(model), sparse_inference.Plan(always=True)
+    sparse_inference.sparsify(sparse, plan)  # no step trial: its alternating dense steps differ in the last bits
+    assert not any(m.training for m in sparse.modules())  # the CSR layers are in eval mode, as the model
+    fairseqs = _generate(task, sparse, False, monkeypatch)
+    ours, counted = _counted(lambda: _generate(task, sparse, True, monkeypatch))
+    _same(ours, fairseqs)
+    assert counted["lean"] > 10 * counted["fairseq"] > 0 and plan.calls["sparse"] > 0
+
+
+@pytest.mark.parametrize("feature", ["hook", "dropout at inference", "training mode"])
+def test_layers_with_features_the_lean_step_lacks_keep_fairseqs_forward(loaded, monkeypatch, feature):
+    task, model = loaded
+    model = copy.deepcopy(model)
+    layer = model.decoder.layers[0]
+    if feature == "hook":
+        layer.fc1.register_forward_hook(lambda module, inputs, output: output)
+    elif feature == "dropout at inference":
+        layer.dropout_module.apply_during_inference = True
+        layer.dropout_module.p = 0.0  # retained but of no effect, so that the translations can be compared
+    else:
+        layer.final_layer_norm.train()
+    fairseqs = _generate(task, model, False, monkeypatch, batch=16)
+    ours, counted = _counted(lambda: _generate(task, model, True, monkeypatch, batch=16))
+    assert counted == {"lean": 0, "fairseq": 0}
+    _same(ours, fairseqs)
+
+
+def test_scoring_and_batches_of_beamable_attention_run_fairseqs_forward(loaded, monkeypatch):
+    """fairseq-generate --score-reference runs whole sentences (no one-token steps); batches of 16 or more
+    sentences attend through the beamable path (an einsum the lean step does not have)."""
+    task, model = loaded
+    sample = next(iter(task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=8,
+                                               disable_iterator_cache=True).next_epoch_itr(shuffle=False)))
+    scorer = task.build_generator([model], argparse.Namespace(score_reference=True))
+    with torch.no_grad():
+        (scores, counted) = _counted(lambda: [h[0]["score"] for h in task.inference_step(scorer, [model], sample)])
+    assert counted == {"lean": 0, "fairseq": len(model.decoder.layers)}
+    _, counted = _counted(lambda: _generate(task, model, True, monkeypatch, batch=16))
+    # 6 batches of 16 sentences (fairseq's forward at every step) and the last of 4 (lean after its first step)
+    assert counted["lean"] > 0 and counted["fairseq"] > 5 * counted["lean"]
