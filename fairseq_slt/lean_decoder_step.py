@@ -18,11 +18,13 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq.models.transformer import TransformerDecoderBase
 from fairseq.modules import MultiheadAttention
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import nn
 
-counts = {"lean": 0, "fairseq": 0}  # steps taken each way, for tests and benchmarks
+counts = {"lean": 0, "fairseq": 0, "lean decoder": 0, "fairseq decoder": 0}  # steps taken each way (layers,
+# decoders), for tests and benchmarks
 
 
 def _plain_attention(attention: nn.Module) -> bool:
@@ -57,83 +59,98 @@ def _state_key(attention: nn.Module) -> str:
     return f"{attention._incremental_state_id}.attn_state"  # fairseq's _get_input_buffer key
 
 
-def _heads(x: torch.Tensor, rows: int, attention: nn.Module) -> torch.Tensor:
-    """(1 or T, rows, C) -> (rows * heads, 1 or T, head_dim), as fairseq's attention reshapes q, k and v."""
-    return x.contiguous().view(-1, rows * attention.num_heads, attention.head_dim).transpose(0, 1)
+class _Attention:
+    """What a lean step reads of one fairseq attention module, looked up once per generation: the projections'
+    forwards (no hooks: checked), the head shapes and the cache key."""
+    __slots__ = ("q", "k", "v", "out", "heads", "dim", "width", "scaling", "key")
+
+    def __init__(self, attention: nn.Module):
+        self.q, self.k = attention.q_proj.forward, attention.k_proj.forward
+        self.v, self.out = attention.v_proj.forward, attention.out_proj.forward
+        self.heads, self.dim, self.width = attention.num_heads, attention.head_dim, attention.embed_dim
+        self.scaling, self.key = attention.scaling, _state_key(attention)
+
+    def split(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """(1 or T, rows, C) -> (rows * heads, 1 or T, head_dim), as fairseq's attention reshapes q, k and v."""
+        return x.contiguous().view(-1, rows * self.heads, self.dim).transpose(0, 1)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int, padding: Optional[torch.Tensor]):
+        """fairseq's scores, padding, softmax and weighted sum for one query row: (output, float weights)."""
+        weights = torch.bmm(q, k.transpose(1, 2))
+        if padding is not None:
+            source = k.size(1)
+            weights = weights.view(rows, self.heads, 1, source).view(padding.size(0), -1, self.heads, 1, source)
+            weights = weights.masked_fill(padding.unsqueeze(1).unsqueeze(2).unsqueeze(3).to(torch.bool),
+                                          float("-inf"))
+            weights = weights.view(rows * self.heads, 1, source)
+        weights_float = F.softmax(weights, dim=-1, dtype=torch.float32)
+        output = torch.bmm(weights_float.type_as(weights), v)
+        output = output.transpose(0, 1).contiguous().view(1, rows, self.width)
+        return self.out(output), weights_float
+
+    def self_attend(self, x: torch.Tensor, saved: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        rows = x.size(1)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        q *= self.scaling
+        q, k, v = self.split(q, rows), self.split(k, rows), self.split(v, rows)
+        if "prev_key" in saved:
+            k = torch.cat([saved["prev_key"].view(rows * self.heads, -1, self.dim), k], dim=1)
+            v = torch.cat([saved["prev_value"].view(rows * self.heads, -1, self.dim), v], dim=1)
+        saved["prev_key"] = k.view(rows, self.heads, -1, self.dim)
+        saved["prev_value"] = v.view(rows, self.heads, -1, self.dim)
+        saved["prev_key_padding_mask"] = None
+        return self.attend(q, k, v, rows, None)[0]
+
+    def encoder_attend(self, x: torch.Tensor, saved: Dict[str, Optional[torch.Tensor]], need_weights: bool,
+                       per_head: bool):
+        rows = x.size(1)
+        q = self.q(x)
+        q *= self.scaling
+        k = saved["prev_key"].view(rows * self.heads, -1, self.dim)
+        v = saved["prev_value"].view(rows * self.heads, -1, self.dim)
+        output, weights = self.attend(self.split(q, rows), k, v, rows, saved["prev_key_padding_mask"])
+        if not (need_weights or per_head):
+            return output, None
+        weights = weights.view(rows, self.heads, 1, k.size(1)).transpose(1, 0)
+        return output, (weights if per_head else weights.mean(dim=0))
 
 
-def _attend(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int,
-            padding: Optional[torch.Tensor]):
-    """fairseq's scores, padding, softmax and weighted sum for one query row: (output, float weights)."""
-    weights = torch.bmm(q, k.transpose(1, 2))
-    if padding is not None:
-        source = k.size(1)
-        weights = weights.view(rows, attention.num_heads, 1, source).view(padding.size(0), -1, attention.num_heads,
-                                                                          1, source)
-        weights = weights.masked_fill(padding.unsqueeze(1).unsqueeze(2).unsqueeze(3).to(torch.bool), float("-inf"))
-        weights = weights.view(rows * attention.num_heads, 1, source)
-    weights_float = F.softmax(weights, dim=-1, dtype=torch.float32)
-    output = torch.bmm(weights_float.type_as(weights), v)
-    output = output.transpose(0, 1).contiguous().view(1, rows, attention.embed_dim)
-    return attention.out_proj(output), weights_float
+class _Layer:
+    """What a lean step reads of one decoder layer, looked up once per generation."""
+    __slots__ = ("before", "self_norm", "encoder_norm", "final_norm", "fc1", "fc2", "activation",
+                 "self_attention", "encoder_attention")
 
+    def __init__(self, layer: nn.Module):
+        self.before = layer.normalize_before
+        self.self_norm, self.encoder_norm = layer.self_attn_layer_norm.forward, layer.encoder_attn_layer_norm.forward
+        self.final_norm, self.activation = layer.final_layer_norm.forward, layer.activation_fn
+        self.fc1, self.fc2 = layer.fc1.forward, layer.fc2.forward
+        self.self_attention, self.encoder_attention = _Attention(layer.self_attn), _Attention(layer.encoder_attn)
 
-def _self_attention(attention: nn.Module, x: torch.Tensor, saved: Dict[str, Optional[torch.Tensor]]):
-    rows = x.size(1)
-    q = attention.q_proj(x)
-    k = attention.k_proj(x)
-    v = attention.v_proj(x)
-    q *= attention.scaling
-    q, k, v = _heads(q, rows, attention), _heads(k, rows, attention), _heads(v, rows, attention)
-    if "prev_key" in saved:
-        heads, dim = rows * attention.num_heads, attention.head_dim
-        k = torch.cat([saved["prev_key"].view(heads, -1, dim), k], dim=1)
-        v = torch.cat([saved["prev_value"].view(heads, -1, dim), v], dim=1)
-    saved["prev_key"] = k.view(rows, attention.num_heads, -1, attention.head_dim)
-    saved["prev_value"] = v.view(rows, attention.num_heads, -1, attention.head_dim)
-    saved["prev_key_padding_mask"] = None
-    return _attend(attention, q, k, v, rows, None)[0]
-
-
-def _encoder_attention(attention: nn.Module, x: torch.Tensor, saved: Dict[str, Optional[torch.Tensor]],
-                       need_weights: bool, per_head: bool):
-    rows = x.size(1)
-    q = attention.q_proj(x)
-    q *= attention.scaling
-    heads, dim = rows * attention.num_heads, attention.head_dim
-    k, v = saved["prev_key"].view(heads, -1, dim), saved["prev_value"].view(heads, -1, dim)
-    output, weights = _attend(attention, _heads(q, rows, attention), k, v, rows, saved["prev_key_padding_mask"])
-    if not (need_weights or per_head):
-        return output, None
-    weights = weights.view(rows, attention.num_heads, 1, k.size(1)).transpose(1, 0)
-    return output, (weights if per_head else weights.mean(dim=0))
-
-
-def _step(layer: nn.Module, x: torch.Tensor, incremental_state, need_weights: bool, per_head: bool):
-    """One token through the layer (x: 1 x rows x C), fairseq's operations in fairseq's order."""
-    saved = incremental_state.setdefault(_state_key(layer.self_attn), {})
-    residual = x
-    if layer.normalize_before:
-        x = layer.self_attn_layer_norm(x)
-    x = residual + _self_attention(layer.self_attn, x, saved)
-    if not layer.normalize_before:
-        x = layer.self_attn_layer_norm(x)
-    residual = x
-    if layer.normalize_before:
-        x = layer.encoder_attn_layer_norm(x)
-    x, weights = _encoder_attention(layer.encoder_attn, x, incremental_state[_state_key(layer.encoder_attn)],
-                                    need_weights, per_head)
-    x = residual + x
-    if not layer.normalize_before:
-        x = layer.encoder_attn_layer_norm(x)
-    residual = x
-    if layer.normalize_before:
-        x = layer.final_layer_norm(x)
-    x = layer.fc2(layer.activation_fn(layer.fc1(x)))
-    x = residual + x
-    if not layer.normalize_before:
-        x = layer.final_layer_norm(x)
-    return x, weights, None
+    def step(self, x: torch.Tensor, incremental_state, need_weights: bool, per_head: bool):
+        """One token through the layer (x: 1 x rows x C), fairseq's operations in fairseq's order."""
+        residual = x
+        if self.before:
+            x = self.self_norm(x)
+        x = residual + self.self_attention.self_attend(x, incremental_state.setdefault(self.self_attention.key, {}))
+        if not self.before:
+            x = self.self_norm(x)
+        residual = x
+        if self.before:
+            x = self.encoder_norm(x)
+        x, weights = self.encoder_attention.encoder_attend(x, incremental_state[self.encoder_attention.key],
+                                                           need_weights, per_head)
+        x = residual + x
+        if not self.before:
+            x = self.encoder_norm(x)
+        residual = x
+        if self.before:
+            x = self.final_norm(x)
+        x = self.fc2(self.activation(self.fc1(x)))
+        x = residual + x
+        if not self.before:
+            x = self.final_norm(x)
+        return x, weights, None
 
 
 def _cached(saved, encoder_padding_mask) -> bool:
@@ -147,15 +164,15 @@ def _cached(saved, encoder_padding_mask) -> bool:
 
 
 def _leaning(layer: nn.Module):
-    fairseq_forward = layer.forward
-    self_key, encoder_key = _state_key(layer.self_attn), _state_key(layer.encoder_attn)
+    fairseq_forward, lean = layer.forward, _Layer(layer)
+    self_key, encoder_key, encoder_attn = lean.self_attention.key, lean.encoder_attention.key, layer.encoder_attn
 
     def forward(x, encoder_out=None, encoder_padding_mask=None, incremental_state=None, prev_self_attn_state=None,
                 prev_attn_state=None, self_attn_mask=None, self_attn_padding_mask=None, need_attn=False,
                 need_head_weights=False):
         if (incremental_state is None or layer.training or x.size(0) != 1 or encoder_out is None
                 or prev_self_attn_state is not None or prev_attn_state is not None or self_attn_mask is not None
-                or self_attn_padding_mask is not None or layer.encoder_attn.beam_size > 1
+                or self_attn_padding_mask is not None or encoder_attn.beam_size > 1
                 or not _cached(incremental_state.get(encoder_key), encoder_padding_mask)
                 or incremental_state.get(self_key, {}).get("prev_key_padding_mask") is not None):
             counts["fairseq"] += 1
@@ -163,22 +180,90 @@ def _leaning(layer: nn.Module):
                                    prev_attn_state, self_attn_mask, self_attn_padding_mask, need_attn,
                                    need_head_weights)
         counts["lean"] += 1
-        return _step(layer, x, incremental_state, need_attn or need_head_weights or layer.need_attn,
-                     need_head_weights)
+        return lean.step(x, incremental_state, need_attn or need_head_weights or layer.need_attn, need_head_weights)
 
     return forward
 
 
+def _plain_decoder(decoder: nn.Module, layers) -> bool:
+    """Whether the decoder's own part of a step (embeddings, final norm) has only what the lean step does, and all
+    its layers take lean steps."""
+    if type(decoder).extract_features is not TransformerDecoderBase.extract_features or \
+            type(decoder).extract_features_scriptable is not TransformerDecoderBase.extract_features_scriptable:
+        return False
+    if decoder.cross_self_attention or decoder.quant_noise is not None or decoder.layernorm_embedding is not None \
+            or decoder.project_in_dim is not None or decoder.training or "extract_features" in vars(decoder):
+        return False
+    if getattr(decoder.dropout_module, "apply_during_inference", False):
+        return False
+    if not decoder.layers or any(layer not in layers for layer in decoder.layers):
+        return False
+    parts = [decoder.embed_tokens, decoder.embed_positions, decoder.layer_norm, decoder.project_out_dim]
+    return not any(m._forward_hooks or m._forward_pre_hooks for part in parts if part is not None
+                   for m in part.modules())
+
+
+def _lean_decoder(decoder: nn.Module, layer_forwards):
+    """An extract_features for the decoder instance: a one-token step through the lean layers, or fairseq's."""
+    fairseq_features, last = decoder.extract_features, len(layer_forwards) - 1
+    embed, scale, pad = decoder.embed_tokens.forward, decoder.embed_scale, decoder.padding_idx
+    positions_of, norm, project = decoder.embed_positions, decoder.layer_norm, decoder.project_out_dim
+
+    def extract_features(prev_output_tokens, encoder_out, incremental_state=None, full_context_alignment=False,
+                         alignment_layer=None, alignment_heads=None):
+        if (incremental_state is None or full_context_alignment or alignment_layer is not None or encoder_out is None
+                or decoder.training or prev_output_tokens[:, -1:].eq(pad).any()):
+            counts["fairseq decoder"] += 1
+            return fairseq_features(prev_output_tokens, encoder_out, incremental_state, full_context_alignment,
+                                    alignment_layer, alignment_heads)
+        counts["lean decoder"] += 1
+        enc = encoder_out["encoder_out"][0] if len(encoder_out["encoder_out"]) > 0 else None
+        padding = encoder_out["encoder_padding_mask"][0] if len(encoder_out["encoder_padding_mask"]) > 0 else None
+        positions = None
+        if positions_of is not None:
+            positions = positions_of(prev_output_tokens, incremental_state=incremental_state)[:, -1:]
+        x = scale * embed(prev_output_tokens[:, -1:].contiguous())
+        if positions is not None:
+            x += positions
+        x = x.transpose(0, 1)
+        attn, inner_states = None, [x]
+        for index, forward in enumerate(layer_forwards):
+            x, layer_attn, _ = forward(x, enc, padding, incremental_state, need_attn=index == last,
+                                       need_head_weights=index == last)
+            inner_states.append(x)
+            if layer_attn is not None and index == last:
+                attn = layer_attn.float().to(x)
+        if attn is not None:
+            if alignment_heads is not None:
+                attn = attn[:alignment_heads]
+            attn = attn.mean(dim=0)
+        if norm is not None:
+            x = norm(x)
+        x = x.transpose(0, 1)
+        if project is not None:
+            x = project(x)
+        return x, {"attn": [attn], "inner_states": inner_states}
+
+    return extract_features
+
+
 @contextlib.contextmanager
 def generating(models):
-    """Within: each plain transformer decoder layer of the models takes its one-token steps the lean way."""
-    layers = [module for model in models for module in model.modules()
+    """Within: each plain transformer decoder layer of the models takes its one-token steps the lean way, and so
+    does each decoder whose layers all do."""
+    layers = {module: None for model in models for module in model.modules()
               if isinstance(module, TransformerDecoderLayerBase) and "forward" not in vars(module)
-              and _plain(module)]
+              and _plain(module)}
     for layer in layers:
-        layer.forward = _leaning(layer)
+        layers[layer] = layer.forward = _leaning(layer)
+    decoders = [model.decoder for model in models if isinstance(getattr(model, "decoder", None), TransformerDecoderBase)
+                and _plain_decoder(model.decoder, layers)]
+    for decoder in decoders:
+        decoder.extract_features = _lean_decoder(decoder, [layers[layer] for layer in decoder.layers])
     try:
         yield
     finally:
         for layer in layers:
             del layer.forward
+        for decoder in decoders:
+            del decoder.extract_features

@@ -64,8 +64,11 @@ def _same(ours, fairseqs):
                 assert torch.equal(a, b) if torch.is_tensor(a) else a == b, sentence
 
 
+NONE = {"lean": 0, "fairseq": 0, "lean decoder": 0, "fairseq decoder": 0}
+
+
 def _counted(run):
-    lean_decoder_step.counts.update(lean=0, fairseq=0)
+    lean_decoder_step.counts.update(NONE)
     result = run()
     return result, dict(lean_decoder_step.counts)
 
@@ -79,13 +82,16 @@ def test_lean_steps_translate_bit_for_bit_as_fairseqs_forward(loaded, monkeypatc
         model = _pre_norm_model(task)
         options = dict(options, min_len=12)  # random weights: else most hypotheses end within a few steps
     fairseqs, counted = _counted(lambda: _generate(task, model, False, monkeypatch, **options))
-    assert counted == {"lean": 0, "fairseq": 0}  # fairseq's forward, not wrapped at all
+    assert counted == NONE  # fairseq's forward, not wrapped at all
     ours, counted = _counted(lambda: _generate(task, model, True, monkeypatch, **options))
     _same(ours, fairseqs)
     layers = len(model.decoder.layers)
     # the first step of each batch projects the encoder output (fairseq's forward); every later step is lean
     batches = -(-len(ours) // 4)
     assert counted["fairseq"] == layers * batches and counted["lean"] > 10 * counted["fairseq"]
+    # the decoder's own part of every step (embeddings, final norm) too, the first step's included
+    assert counted["lean decoder"] == (counted["lean"] + counted["fairseq"]) // layers
+    assert counted["fairseq decoder"] == 0
     assert all("forward" not in vars(layer) for layer in model.decoder.layers)  # fairseq's forward again after
 
 
@@ -114,7 +120,7 @@ def test_layers_with_features_the_lean_step_lacks_keep_fairseqs_forward(loaded, 
         layer.final_layer_norm.train()
     fairseqs = _generate(task, model, False, monkeypatch, batch=16)
     ours, counted = _counted(lambda: _generate(task, model, True, monkeypatch, batch=16))
-    assert counted == {"lean": 0, "fairseq": 0}
+    assert counted == NONE  # neither the layer nor the decoder (whose layers must all be lean) wrapped
     _same(ours, fairseqs)
 
 
@@ -127,7 +133,7 @@ def test_scoring_and_batches_of_beamable_attention_run_fairseqs_forward(loaded, 
     scorer = task.build_generator([model], argparse.Namespace(score_reference=True))
     with torch.no_grad():
         (scores, counted) = _counted(lambda: [h[0]["score"] for h in task.inference_step(scorer, [model], sample)])
-    assert counted == {"lean": 0, "fairseq": len(model.decoder.layers)}
+    assert counted == dict(NONE, fairseq=len(model.decoder.layers), **{"fairseq decoder": 1})
     _, counted = _counted(lambda: _generate(task, model, True, monkeypatch, batch=16))
     # 6 batches of 16 sentences (fairseq's forward at every step) and the last of 4 (lean after its first step)
     assert counted["lean"] > 0 and counted["fairseq"] > 5 * counted["lean"]
