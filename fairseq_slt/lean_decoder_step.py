@@ -6,13 +6,14 @@ added key/value biases, zero attention, ...), check shapes with asserts and call
 ``nn.Module.__call__``. With a demo-size model at batch 1 the products are a few microseconds each and that
 Python work is most of a step. ``generating`` gives each plain decoder layer, for one generation, a forward that
 takes a one-token step with the same torch operations in the same order on the same cache (fairseq's
-incremental-state entries, which fairseq's reordering keeps handling), so that it translates bit for bit as
-fairseq does. Every call that is not such a step (the first step, which projects the encoder output; a
-self-attention padding mask; a beamable encoder attention; training; anything else) runs fairseq's forward.
-Layers with any feature the step does not have (hooks, dropout at inference, extra norms or scalings,
-subclasses) are not given it at all. On the demo-size model (90 % pruned, beam 5, one thread) this made a
-translation at batch 1 1.22x faster dense and 1.14x faster with --sparse-inference.
-"""
+incremental-state entries, which fairseq's reordering keeps handling; the beamable encoder attention's einsums
+where the keys are one a sentence), so that it translates bit for bit as fairseq does. Every call that is not
+such a step (the first step, which projects the encoder output; a self-attention padding mask; training;
+anything else) runs fairseq's forward. Layers with any feature the step does not have (hooks, dropout at
+inference, extra norms or scalings, subclasses) are not given it at all. A decoder whose layers all take lean
+steps takes its own part of a step (embeddings, final norm) the lean way too.
+Measured in docs/deployment.md ("Lean decoding steps").
+""""""
 import contextlib
 from typing import Dict, Optional
 
@@ -75,8 +76,16 @@ class _Attention:
         return x.contiguous().view(-1, rows * self.heads, self.dim).transpose(0, 1)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int, padding: Optional[torch.Tensor]):
-        """fairseq's scores, padding, softmax and weighted sum for one query row: (output, float weights)."""
-        weights = torch.bmm(q, k.transpose(1, 2))
+        """fairseq's scores, padding, softmax and weighted sum for one query row: (output, float weights). Where
+        the keys are fewer than the rows (beamable encoder attention: one a sentence, not one a hypothesis),
+        fairseq's einsums over each sentence's hypotheses instead of its bmms."""
+        sentences = k.size(0) // self.heads
+        if sentences == rows:
+            weights = torch.bmm(q, k.transpose(1, 2))
+        else:
+            weights = torch.einsum("bxhtd,bhsd->bxhts", q.view((sentences, -1, self.heads) + q.size()[1:]),
+                                   k.view((sentences, self.heads) + k.size()[1:]))
+            weights = weights.reshape((-1,) + weights.size()[-2:])
         if padding is not None:
             source = k.size(1)
             weights = weights.view(rows, self.heads, 1, source).view(padding.size(0), -1, self.heads, 1, source)
@@ -84,7 +93,14 @@ class _Attention:
                                           float("-inf"))
             weights = weights.view(rows * self.heads, 1, source)
         weights_float = F.softmax(weights, dim=-1, dtype=torch.float32)
-        output = torch.bmm(weights_float.type_as(weights), v)
+        probabilities = weights_float.type_as(weights)
+        if sentences == rows:
+            output = torch.bmm(probabilities, v)
+        else:
+            output = torch.einsum("bxhts,bhsd->bxhtd",
+                                  probabilities.view((sentences, -1, self.heads) + probabilities.size()[1:]),
+                                  v.view((sentences, self.heads) + v.size()[1:]))
+            output = output.reshape((-1,) + output.size()[-2:])
         output = output.transpose(0, 1).contiguous().view(1, rows, self.width)
         return self.out(output), weights_float
 
@@ -106,8 +122,9 @@ class _Attention:
         rows = x.size(1)
         q = self.q(x)
         q *= self.scaling
-        k = saved["prev_key"].view(rows * self.heads, -1, self.dim)
-        v = saved["prev_value"].view(rows * self.heads, -1, self.dim)
+        sentences = saved["prev_key"].size(0)  # rows, or fewer under the beamable path (one a sentence)
+        k = saved["prev_key"].view(sentences * self.heads, -1, self.dim)
+        v = saved["prev_value"].view(sentences * self.heads, -1, self.dim)
         output, weights = self.attend(self.split(q, rows), k, v, rows, saved["prev_key_padding_mask"])
         if not (need_weights or per_head):
             return output, None
@@ -165,14 +182,14 @@ def _cached(saved, encoder_padding_mask) -> bool:
 
 def _leaning(layer: nn.Module):
     fairseq_forward, lean = layer.forward, _Layer(layer)
-    self_key, encoder_key, encoder_attn = lean.self_attention.key, lean.encoder_attention.key, layer.encoder_attn
+    self_key, encoder_key = lean.self_attention.key, lean.encoder_attention.key
 
     def forward(x, encoder_out=None, encoder_padding_mask=None, incremental_state=None, prev_self_attn_state=None,
                 prev_attn_state=None, self_attn_mask=None, self_attn_padding_mask=None, need_attn=False,
                 need_head_weights=False):
         if (incremental_state is None or layer.training or x.size(0) != 1 or encoder_out is None
                 or prev_self_attn_state is not None or prev_attn_state is not None or self_attn_mask is not None
-                or self_attn_padding_mask is not None or encoder_attn.beam_size > 1
+                or self_attn_padding_mask is not None
                 or not _cached(incremental_state.get(encoder_key), encoder_padding_mask)
                 or incremental_state.get(self_key, {}).get("prev_key_padding_mask") is not None):
             counts["fairseq"] += 1
