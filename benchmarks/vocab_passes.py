@@ -1,4 +1,5 @@
-"""What fairseq_slt/vocab_passes.py saves: beam search with and without it, in one process, side by side.
+"""What fairseq_slt/vocab_passes.py (or lean_decoder_step.py) saves: beam search with and without it, in one
+process, side by side.
 
 Under --task translation_slt beam search leaves out fairseq's costliest passes over the step's scores
 (hypotheses x vocabulary): its NaN test, the division by a temperature of 1, and BeamSearch.step's new tensor of
@@ -9,8 +10,9 @@ once, before timing), each with the plugin's inference step as it is ("with") an
 out ("without"), the four alternating in --repeats rounds, the order swapped each round. It prints the medians,
 each one's speedup from the change (the median of the rounds' ratios), the sparse-over-dense ratio without and
 with it, and whether the hypotheses differ (they must not). ``--without logits``: "without" leaves out one part
-alone, the log-probabilities written over the logits (a new tensor at every step, as fairseq makes).
-Usage: python benchmarks/vocab_passes.py --data DATA_BIN CKPT [CKPT ...] [--labels ...] [--without all|logits]
+alone, the log-probabilities written over the logits (a new tensor at every step, as fairseq makes); ``--without
+lean``: "without" leaves out lean_decoder_step instead (every step through fairseq's decoder and layer forwards).
+Usage: python benchmarks/vocab_passes.py --data DATA_BIN CKPT [CKPT ...] [--labels ...] [--without all|logits|lean]
 """
 import argparse
 import contextlib
@@ -28,9 +30,12 @@ from serving import add_model_arguments, fairseq_translate, load_fairseq, model_
 
 
 def translate(task, model, sources, batch_size: int, passes: bool, without: str = "all"):
-    from fairseq_slt import vocab_passes
+    from fairseq_slt import lean_decoder_step, vocab_passes
 
     generating, fairseqs_log_probs = vocab_passes.generating, vocab_passes._fairseqs_log_probs
+    leaning = lean_decoder_step.generating
+    if not passes and without == "lean":
+        lean_decoder_step.generating = lambda models: contextlib.nullcontext()
     if not passes and without == "all":
         vocab_passes.generating = lambda generator: contextlib.nullcontext()
     if not passes and without == "logits":  # every model's log-probabilities its own: a new tensor
@@ -41,6 +46,7 @@ def translate(task, model, sources, batch_size: int, passes: bool, without: str 
         return time.perf_counter() - started, output
     finally:
         vocab_passes.generating, vocab_passes._fairseqs_log_probs = generating, fairseqs_log_probs
+        lean_decoder_step.generating = leaning
 
 
 def main():
@@ -48,15 +54,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, sentences=256, sentences_batch1=60, repeats=5,
                         repeats_help="rounds (medians kept)")
-    parser.add_argument("--without", choices=("all", "logits"), default="all",
-                        help="what 'without' leaves out: vocab_passes (all), or the log-probabilities written over "
-                             "the logits alone")
+    parser.add_argument("--without", choices=("all", "logits", "lean"), default="all",
+                        help="what 'without' leaves out: vocab_passes (all), the log-probabilities written over "
+                             "the logits alone, or lean_decoder_step (lean)")
     args = parser.parse_args()
     from fairseq_slt import sparse_inference, step_trial
 
     labels = model_labels(args)
+    left_out = {"all": "vocab_passes", "logits": "the log-probabilities over the logits",
+                "lean": "lean_decoder_step"}[args.without]
     print(f"torch {torch.__version__}; beam 5, natural lengths; seconds, medians of {args.repeats} rounds; 'gain': "
-          f"without / with {'vocab_passes' if args.without == 'all' else 'the log-probabilities over the logits'}, "
+          f"without / with {left_out}, "
           "the median of the rounds' ratios; 'sparse/dense': dense time / sparse time")
     print(f"{'model':<12} {'batch':>5} {'thr':>3} {'sents':>5} {'dense without':>13} {'with':>6} {'gain':>6} "
           f"{'sparse without':>14} {'with':>6} {'gain':>6} {'sparse/dense without':>20} {'with':>6} "

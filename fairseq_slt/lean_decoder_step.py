@@ -13,7 +13,7 @@ anything else) runs fairseq's forward. Layers with any feature the step does not
 inference, extra norms or scalings, subclasses) are not given it at all. A decoder whose layers all take lean
 steps takes its own part of a step (embeddings, final norm) the lean way too.
 Measured in docs/deployment.md ("Lean decoding steps").
-""""""
+"""
 import contextlib
 from typing import Dict, Optional
 
