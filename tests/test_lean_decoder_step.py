@@ -73,10 +73,11 @@ def _counted(run):
     return result, dict(lean_decoder_step.counts)
 
 
-@pytest.mark.parametrize("model_kind", ["post-norm trained", "pre-norm gelu"])
-@pytest.mark.parametrize("options", [dict(), dict(print_alignment="hard", nbest=3), dict(beam=1), dict(batch=16),
-                                     dict(batch=16, print_alignment="hard")],
-                         ids=["beam", "alignment-nbest", "greedy", "beamable", "beamable-alignment"])
+@pytest.mark.parametrize("model_kind, options", [
+    ("post-norm trained", dict(print_alignment="hard", nbest=3)), ("post-norm trained", dict(beam=1)),
+    ("post-norm trained", dict(batch=16)), ("pre-norm gelu", dict()),
+    ("pre-norm gelu", dict(batch=16, print_alignment="hard"))],
+    ids=["alignment-nbest", "greedy", "beamable", "pre-norm", "pre-norm-beamable-alignment"])
 def test_lean_steps_translate_bit_for_bit_as_fairseqs_forward(loaded, monkeypatch, model_kind, options):
     """Batches of 4 sentences, and of 16 (the encoder attention's beamable path: its keys one a sentence, the
     scores by fairseq's einsum)."""
