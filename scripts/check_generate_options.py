@@ -28,6 +28,8 @@ OPTIONS = [  # each: what fairseq-generate is given besides the data, checkpoint
     "--beam 12 --nbest 12", "--beam 5 --max-tokens 300 --batch-size 1000",
     "--beam 5 --skip-invalid-size-inputs-valid-test --max-source-positions 12 --max-target-positions 12",
     "--beam 5 --required-batch-size-multiple 1 --batch-size 7",
+    "--beam 5 --print-alignment soft", "--beam 5 --replace-unk", "--beam 5 --retain-dropout --seed 3",
+    "--beam 5 --prefix-size 2 --batch-size 32",
 ]
 TASKS = {"fairseq": ["--task", "translation"], "plugin": ["--task", "translation_slt"],
          "sparse": ["--task", "translation_slt", "--sparse-inference"]}
