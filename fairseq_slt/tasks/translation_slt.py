@@ -13,8 +13,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, OmegaConf
 
-from .. import beamable_attention, encoder_reorder, fairseq_patches, lean_decoder_step, listed_reorder, \
-    sparse_inference, step_trial, vocab_passes
+from .. import aligned_hypotheses, beamable_attention, encoder_reorder, fairseq_patches, lean_decoder_step, \
+    listed_reorder, sparse_inference, step_trial, vocab_passes
 from ..pruning.io import UserError, user_exit
 from ..run import Phase, PruningRun
 from ..pruning.methods import NAMES
@@ -191,7 +191,7 @@ class TranslationSLTTask(TranslationTask):
         if self.cfg.sparse_inference:
             with GENERATING:
                 self._sparsify(models)
-        return super().build_generator(models, args, **kwargs)
+        return aligned_hypotheses.aligning(super().build_generator(models, args, **kwargs))
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         sample = fairseq_patches.diverse_search_sample(generator, sample)
