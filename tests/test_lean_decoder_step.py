@@ -36,6 +36,9 @@ def _pre_norm_model(task):
     return TransformerModel.build_model(args, task).eval()
 
 
+SENTENCES = 48  # the test set's first (shortest) 48 sentences: 12 batches of 4, 3 of 16
+
+
 def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, **options):
     """Every hypothesis of every test sentence: tokens, score, per-token scores and attention, as tensors."""
     if not lean:
@@ -47,6 +50,8 @@ def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, **options):
     try:
         with torch.no_grad():
             for sample in batches:
+                if len(results) >= SENTENCES:
+                    break
                 for sentence, hypotheses in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
                     results[sentence] = [(h["tokens"], h["score"], h["positional_scores"], h["attention"],
                                           h.get("alignment")) for h in hypotheses]
@@ -56,7 +61,7 @@ def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, **options):
 
 
 def _same(ours, fairseqs):
-    assert len(ours) >= 90 and ours.keys() == fairseqs.keys()
+    assert len(ours) == SENTENCES and ours.keys() == fairseqs.keys()
     for sentence, hypotheses in fairseqs.items():
         assert len(ours[sentence]) == len(hypotheses)
         for mine, theirs in zip(ours[sentence], hypotheses):
