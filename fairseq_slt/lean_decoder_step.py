@@ -49,11 +49,13 @@ def _plain(layer: nn.Module) -> bool:
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
-    for module in layer.modules():
-        if module._forward_hooks or module._forward_pre_hooks or module.training or \
-                getattr(module, "apply_during_inference", False):
-            return False
-    return True
+    return not any(_hooked(module) or module.training or getattr(module, "apply_during_inference", False)
+                   for module in layer.modules())
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether the module has forward hooks of its own (which the lean step's direct calls would skip)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 class _Layer:
@@ -140,8 +142,7 @@ def _plain_decoder(decoder: nn.Module, layers) -> bool:
     if not decoder.layers or any(layer not in layers for layer in decoder.layers):
         return False
     parts = [decoder.embed_tokens, decoder.embed_positions, decoder.layer_norm, decoder.project_out_dim]
-    return not any(m._forward_hooks or m._forward_pre_hooks for part in parts if part is not None
-                   for m in part.modules())
+    return not any(_hooked(module) for part in parts if part is not None for module in part.modules())
 
 
 def _lean_decoder(decoder: nn.Module, layer_forwards):
