@@ -233,3 +233,17 @@ def slt_run(data_bin, dense_run, tmp_path_factory):
                    "--prune-mask-from", dense_run["best"], "--prune-rewind-from", dense_run["rewind4"],
                    "--save-rewind-points", "0,4")
     return {"dir": save, "stdout": result.stdout, "best": os.path.join(save, "checkpoint_best.pt")}
+
+
+@pytest.fixture(scope="module")
+def slt_model(data_bin, slt_run):
+    """The SLT run's best checkpoint loaded in eval mode with its translation_slt task (test subset loaded), prepared
+    for inference as fairseq-generate does: (task, model)."""
+    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
+    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt)
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
+    task.load_dataset("test")
+    model = models[0].eval()
+    model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 5}}))
+    return task, model

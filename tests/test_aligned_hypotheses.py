@@ -2,24 +2,11 @@
 each sentence has a beam's worth, and no IndexError where a constrained search finalized fewer."""
 import argparse
 
-import pytest
 import torch
 from fairseq import utils
 from fairseq.data import data_utils
 from fairseq.sequence_generator import SequenceGeneratorWithAlignment
 from fairseq.token_generation_constraints import pack_constraints
-from omegaconf import OmegaConf
-
-
-@pytest.fixture(scope="module")
-def loaded(data_bin, slt_run):
-    from fairseq import checkpoint_utils
-    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt)
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
-    task.load_dataset("test")
-    model = models[0].eval()
-    model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 5}}))
-    return task, model
 
 
 def _samples(task, sentences=8):
@@ -35,8 +22,8 @@ def _alignments(results):
     return [[_pairs(h["alignment"]) for h in hypotheses] for hypotheses in results]
 
 
-def test_full_beams_align_as_fairseqs_generator(loaded):
-    task, model = loaded
+def test_full_beams_align_as_fairseqs_generator(slt_model):
+    task, model = slt_model
     generator = task.build_generator([model], argparse.Namespace(beam=5, max_len_b=20, print_alignment="hard"))
     assert isinstance(generator, SequenceGeneratorWithAlignment) and "generate" in vars(generator)
     with torch.no_grad():
@@ -47,8 +34,8 @@ def test_full_beams_align_as_fairseqs_generator(loaded):
             assert _alignments(ours) == _alignments(fairseqs)
 
 
-def test_a_constrained_search_with_fewer_hypotheses_aligns_each_of_them(loaded):
-    task, model = loaded
+def test_a_constrained_search_with_fewer_hypotheses_aligns_each_of_them(slt_model):
+    task, model = slt_model
     generator = task.build_generator([model], argparse.Namespace(beam=5, max_len_b=20, print_alignment="hard",
                                                                  constraints="ordered"))
     words = [task.target_dictionary.index(w) for w in ("▁ein", "▁Mann", "▁Hund", "▁auf")]

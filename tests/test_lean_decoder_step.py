@@ -8,20 +8,8 @@ import copy
 import pytest
 import torch
 from fairseq.models.transformer import TransformerModel
-from omegaconf import OmegaConf
 
 from fairseq_slt import lean_decoder_step, sparse_inference
-
-
-@pytest.fixture(scope="module")
-def loaded(data_bin, slt_run):
-    from fairseq import checkpoint_utils
-    import fairseq_slt.tasks  # noqa: F401  (registers translation_slt)
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([slt_run["best"]], arg_overrides={"data": data_bin})
-    task.load_dataset("test")
-    model = models[0].eval()
-    model.prepare_for_inference_(OmegaConf.create({"generation": {"beam": 5}}))  # as fairseq-generate does
-    return task, model
 
 
 def _pre_norm_model(task):
@@ -83,10 +71,10 @@ def _counted(run):
     ("post-norm trained", dict(batch=16)), ("pre-norm gelu", dict()),
     ("pre-norm gelu", dict(batch=16, print_alignment="hard"))],
     ids=["alignment-nbest", "greedy", "beamable", "pre-norm", "pre-norm-beamable-alignment"])
-def test_lean_steps_translate_bit_for_bit_as_fairseqs_forward(loaded, monkeypatch, model_kind, options):
+def test_lean_steps_translate_bit_for_bit_as_fairseqs_forward(slt_model, monkeypatch, model_kind, options):
     """Batches of 4 sentences, and of 16 (the encoder attention's beamable path: its keys one a sentence, the
     scores by fairseq's einsum)."""
-    task, model = loaded
+    task, model = slt_model
     if model_kind != "post-norm trained":
         model = _pre_norm_model(task)
         options = dict(options, min_len=12)  # random weights: else most hypotheses end within a few steps
@@ -104,8 +92,8 @@ def test_lean_steps_translate_bit_for_bit_as_fairseqs_forward(loaded, monkeypatc
     assert all("forward" not in vars(layer) for layer in model.decoder.layers)  # fairseq's forward again after
 
 
-def test_with_sparse_inference_the_steps_are_lean_and_translate_as_fairseqs_forward(loaded, monkeypatch):
-    task, model = loaded
+def test_with_sparse_inference_the_steps_are_lean_and_translate_as_fairseqs_forward(slt_model, monkeypatch):
+    task, model = slt_model
     sparse, plan = copy.deepcopy(model), sparse_inference.Plan(always=True)
     sparse_inference.sparsify(sparse, plan)  # no step trial: its alternating dense steps differ in the last bits
     assert not any(m.training for m in sparse.modules())  # the CSR layers are in eval mode, as the model
@@ -116,8 +104,8 @@ def test_with_sparse_inference_the_steps_are_lean_and_translate_as_fairseqs_forw
 
 
 @pytest.mark.parametrize("feature", ["hook", "dropout at inference", "training mode"])
-def test_layers_with_features_the_lean_step_lacks_keep_fairseqs_forward(loaded, monkeypatch, feature):
-    task, model = loaded
+def test_layers_with_features_the_lean_step_lacks_keep_fairseqs_forward(slt_model, monkeypatch, feature):
+    task, model = slt_model
     model = copy.deepcopy(model)
     layer = model.decoder.layers[0]
     if feature == "hook":
@@ -133,9 +121,9 @@ def test_layers_with_features_the_lean_step_lacks_keep_fairseqs_forward(loaded, 
     _same(ours, fairseqs)
 
 
-def test_scoring_runs_fairseqs_forward(loaded):
+def test_scoring_runs_fairseqs_forward(slt_model):
     """fairseq-generate --score-reference runs whole sentences: no one-token steps."""
-    task, model = loaded
+    task, model = slt_model
     sample = next(iter(task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=8,
                                                disable_iterator_cache=True).next_epoch_itr(shuffle=False)))
     scorer = task.build_generator([model], argparse.Namespace(score_reference=True))
