@@ -1,12 +1,14 @@
 """fairseq-slt export-ct2: a pruned model in CTranslate2, verified against fairseq-generate; refusals first."""
+import gzip
 import json
 import math
 import os
 
 import pytest
 
-from conftest import run_tool, tool_path, train
-from fairseq_slt.cli import ct2_runtime
+from conftest import MULTI30K, run_tool, tool_path, train
+from fairseq_slt.cli import ct2_runtime, export_ct2
+from fairseq_slt.cli.scoring import score_texts
 
 ctranslate2 = pytest.importorskip("ctranslate2")  # installed by scripts/setup_env.sh (extra 'ct2')
 
@@ -131,3 +133,27 @@ def test_avx512_advice_only_where_ctranslate2_leaves_it_unused(tmp_path):
     assert ct2_runtime.isa_setting("AVX2", flags, {}) == {"CT2_FORCE_CPU_ISA": "AVX512"}
     assert ct2_runtime.isa_setting("AVX512", flags, {}) == ct2_runtime.isa_setting("AVX2", set(), {}) == {}
     assert ct2_runtime.cpu_flags(str(tmp_path / "absent")) == set()
+
+
+def test_a_bleu_drop_says_how_much_of_it_the_length_limits_runaways_make():
+    """An under-trained model repeats itself up to the length limit on a few sentences, and whichever engine does
+    so loses tenths of BLEU there: the verification names them and scores both engines without them."""
+    with gzip.open(os.path.join(MULTI30K, "test_2016_flickr.de.gz"), "rt", encoding="utf-8") as handle:
+        refs = {n: line.strip() for n, line in zip(range(40), handle)}
+    fairseq = {n: " ".join(ref.split()[:-1]) for n, ref in refs.items()}  # good, not perfect
+    ct2 = dict(fairseq)
+    runaway = " ".join(["Zemmm"] * 120)
+    fairseq[3] = ct2[7] = ct2[11] = runaway  # fairseq's runaway on sentence 3, CTranslate2's on 7 and 11
+    ct2[3] = "Ein Mann."
+    lengths = {n: 12 for n in refs}
+    found = export_ct2.runaways(fairseq, ct2, refs, {**lengths, 3: 200}, {**lengths, 7: 200, 11: 200})
+    kept = {n: ref for n, ref in refs.items() if n not in (3, 7, 11)}
+    assert (found["fairseq"], found["ct2"], found["either"]) == (1, 2, 3)
+    assert found["fairseq_bleu_without"] == found["ct2_bleu_without"] == score_texts(fairseq, kept)["bleu"]
+    assert score_texts(ct2, refs)["bleu"] < score_texts(fairseq, refs)["bleu"] - 1  # the drop is the runaways'
+    assert export_ct2.runaway_note(found) == (
+        f"; 3 sentence(s) ran to the length limit (200 tokens; fairseq 1, CTranslate2 2): without them fairseq "
+        f"{found['fairseq_bleu_without']:.2f}, CTranslate2 {found['ct2_bleu_without']:.2f}")
+    # a hypothesis one token short of the limit ended on its own; nothing cut: nothing to say
+    assert export_ct2.runaways(fairseq, ct2, refs, {**lengths, 3: 199}, lengths)["either"] == 0
+    assert export_ct2.runaway_note(export_ct2.runaways(fairseq, fairseq, refs, lengths, lengths)) == ""

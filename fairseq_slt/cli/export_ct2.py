@@ -186,14 +186,39 @@ def verify(ctranslate2, args, converted: str, model_args) -> dict:
               "ct2_bleu": ct2_score["bleu"], "signature": ct2_score["signature"], "compared": len(first), "cut_at_length_limit": cut,
               "identical": identical, "fairseq_seconds": round(fairseq_seconds, 1),
               "ct2_seconds": round(ct2_seconds, 1)}
+    ct2_lengths = {n: len(r.hypotheses[0]) if r.hypotheses else MAX_LENGTH for n, r in enumerate(results)}
+    report["length_limit"] = runaways(fairseq_hyps, ct2_hyps, refs, generated.lengths, ct2_lengths)
     drop = fairseq_score["bleu"] - ct2_score["bleu"]
     if drop > args.max_bleu_drop:
         raise Failure(f"the converted model scores {ct2_score['bleu']:.2f} BLEU on {args.subset}, "
-                           f"{drop:.2f} below fairseq's {fairseq_score['bleu']:.2f} (--max-bleu-drop {args.max_bleu_drop})")
+                      f"{drop:.2f} below fairseq's {fairseq_score['bleu']:.2f} (--max-bleu-drop {args.max_bleu_drop})"
+                      + runaway_note(report["length_limit"]))
     if args.quantization == "float32" and identical < len(first):
         raise Failure(f"float32 conversion: {len(first) - identical} of the first {len(first)} {args.subset} "
                            "hypotheses differ from fairseq-generate's")
     return report
+
+
+def runaways(fairseq_hyps: dict, ct2_hyps: dict, refs: dict, fairseq_lengths: dict, ct2_lengths: dict) -> dict:
+    """The sentences either engine ran to the length limit (an under-trained model's repetitions, a few hundred
+    words each: enough to move a corpus BLEU by tenths), and both engines' BLEU without them."""
+    fairseq_cut = {n for n in refs if fairseq_lengths.get(n, MAX_LENGTH) >= MAX_LENGTH}
+    ct2_cut = {n for n in refs if ct2_lengths.get(n, MAX_LENGTH) >= MAX_LENGTH}
+    found = {"fairseq": len(fairseq_cut), "ct2": len(ct2_cut), "either": len(fairseq_cut | ct2_cut)}
+    kept = {n: ref for n, ref in refs.items() if n not in fairseq_cut | ct2_cut}
+    if found["either"] and kept:
+        found["fairseq_bleu_without"] = score_texts(fairseq_hyps, kept)["bleu"]
+        found["ct2_bleu_without"] = score_texts(ct2_hyps, kept)["bleu"]
+    return found
+
+
+def runaway_note(found: dict) -> str:
+    """Where the length limit's runaways account for BLEU: how many, and the two scores without them."""
+    if "fairseq_bleu_without" not in found:
+        return ""
+    return (f"; {found['either']} sentence(s) ran to the length limit ({MAX_LENGTH} tokens; fairseq "
+            f"{found['fairseq']}, CTranslate2 {found['ct2']}): without them fairseq {found['fairseq_bleu_without']:.2f}, "
+            f"CTranslate2 {found['ct2_bleu_without']:.2f}")
 
 
 def detokenize(tokens, remove_bpe: str) -> str:
@@ -237,6 +262,9 @@ def summary(report: dict) -> str:
                         if check["cut_at_length_limit"] else "") + "; "
                      f"decoding {check['fairseq_seconds']} s (fairseq-generate, whole process) vs "
                      f"{check['ct2_seconds']} s (CTranslate2)")
+        note = runaway_note(check.get("length_limit", {}))
+        if note:
+            lines.append(f"  {note[2:]}")
     # on CPU CTranslate2 serves fastest with one thread a batch and a batch per core (docs/deployment.md)
     lines.append(f"  serve it: ctranslate2.Translator({report['output']!r}, device='cpu', inter_threads=<cores>, "
                  f"intra_threads=1).translate_batch(sentences, beam_size=5, "
