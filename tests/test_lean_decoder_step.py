@@ -4,10 +4,12 @@ not have, and calls that are not one-token steps, run fairseq's forward."""
 import argparse
 import contextlib
 import copy
+import functools
 
 import pytest
 import torch
 from fairseq.models.transformer import TransformerModel
+from fairseq.tasks.translation import TranslationTask
 
 from fairseq_slt import lean_decoder_step, sparse_inference
 
@@ -27,11 +29,14 @@ def _pre_norm_model(task):
 SENTENCES = 48  # the test set's first (shortest) 48 sentences: 12 batches of 4, 3 of 16
 
 
-def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, **options):
-    """Every hypothesis of every test sentence: tokens, score, per-token scores and attention, as tensors."""
+def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, stock: bool = False, **options):
+    """Every hypothesis of every test sentence: tokens, score, per-token scores and attention, as tensors.
+    ``model``: one model or an ensemble's list; ``stock``: through fairseq's own task's inference_step."""
     if not lean:
         monkeypatch.setattr(lean_decoder_step, "generating", lambda models: contextlib.nullcontext())
-    generator = task.build_generator([model], argparse.Namespace(**{"beam": 5, "max_len_b": 20, **options}))
+    models = model if isinstance(model, list) else [model]
+    step = functools.partial(TranslationTask.inference_step, task) if stock else task.inference_step
+    generator = task.build_generator(models, argparse.Namespace(**{"beam": 5, "max_len_b": 20, **options}))
     batches = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=batch,
                                       disable_iterator_cache=True).next_epoch_itr(shuffle=False)
     results = {}
@@ -40,7 +45,7 @@ def _generate(task, model, lean: bool, monkeypatch, batch: int = 4, **options):
             for sample in batches:
                 if len(results) >= SENTENCES:
                     break
-                for sentence, hypotheses in zip(sample["id"].tolist(), task.inference_step(generator, [model], sample)):
+                for sentence, hypotheses in zip(sample["id"].tolist(), step(generator, models, sample)):
                     results[sentence] = [(h["tokens"], h["score"], h["positional_scores"], h["attention"],
                                           h.get("alignment")) for h in hypotheses]
     finally:
@@ -101,6 +106,27 @@ def test_with_sparse_inference_the_steps_are_lean_and_translate_as_fairseqs_forw
     ours, counted = _counted(lambda: _generate(task, sparse, True, monkeypatch))
     _same(ours, fairseqs)
     assert counted["lean"] > 10 * counted["fairseq"] > 0 and plan.calls["sparse"] > 0
+
+
+def test_an_ensemble_translates_bit_for_bit_as_fairseqs_own_task(slt_model, monkeypatch):
+    """fairseq-generate --path A.pt:B.pt under the plugin's task: each model of the ensemble takes lean steps and
+    its log-probabilities written over its own logits, and fairseq averages them: the hypotheses, scores and
+    alignments of fairseq's translation task, bit for bit."""
+    task, model = slt_model
+    other = copy.deepcopy(model)
+    with torch.no_grad():  # a second model that disagrees with the first
+        noise = torch.Generator().manual_seed(3)
+        for parameter in other.parameters():
+            parameter.mul_(1 + 0.5 * torch.randn(parameter.shape, generator=noise))
+    options = dict(print_alignment="hard", nbest=2)
+    fairseqs, counted = _counted(lambda: _generate(task, [model, other], True, monkeypatch, stock=True, **options))
+    assert counted == NONE
+    ours, counted = _counted(lambda: _generate(task, [model, other], True, monkeypatch, **options))
+    _same(ours, fairseqs)
+    layers, batches = len(model.decoder.layers), -(-SENTENCES // 4)
+    assert counted["fairseq"] == 2 * layers * batches and counted["lean"] > 10 * counted["fairseq"]  # both models
+    alone = _generate(task, model, True, monkeypatch, **options)  # the second model counts
+    assert sum(not torch.equal(alone[n][0][1], ours[n][0][1]) for n in ours) > SENTENCES // 2
 
 
 @pytest.mark.parametrize("feature", ["hook", "dropout at inference", "training mode"])
