@@ -152,7 +152,7 @@ def test_a_bleu_drop_says_how_much_of_it_the_length_limits_runaways_make():
     assert found["fairseq_bleu_without"] == found["ct2_bleu_without"] == score_texts(fairseq, kept)["bleu"]
     assert score_texts(ct2, refs)["bleu"] < score_texts(fairseq, refs)["bleu"] - 1  # the drop is the runaways'
     assert export_ct2.runaway_note(found) == (
-        f"; 3 sentence(s) ran to the length limit (200 tokens; fairseq 1, CTranslate2 2): without them fairseq "
+        f"3 sentence(s) ran to the length limit (200 tokens; fairseq 1, CTranslate2 2): without them fairseq "
         f"{found['fairseq_bleu_without']:.2f}, CTranslate2 {found['ct2_bleu_without']:.2f}")
     # a hypothesis one token short of the limit ended on its own; nothing cut: nothing to say
     assert export_ct2.runaways(fairseq, ct2, refs, {**lengths, 3: 199}, lengths)["either"] == 0

@@ -176,23 +176,25 @@ def verify(ctranslate2, args, converted: str, model_args) -> dict:
     ct2_seconds = time.time() - started
     ct2_hyps = {n: detokenize(r.hypotheses[0], args.remove_bpe) for n, r in enumerate(results)}
     fairseq_score, ct2_score = score_texts(fairseq_hyps, refs), score_texts(ct2_hyps, refs)
+    ct2_lengths = {n: len(r.hypotheses[0]) for n, r in enumerate(results)}
     # a hypothesis cut at the length limit (an untrained model repeating itself) ends wherever ties between
     # near-equal beams fall: only the first sentences that both engines ended on their own are compared
-    first = [n for n in sorted(refs)[:args.verify_identical]
-             if generated.lengths.get(n, MAX_LENGTH) < MAX_LENGTH and len(results[n].hypotheses[0]) < MAX_LENGTH]
+    leading = sorted(refs)[:args.verify_identical]
+    cut_leading = at_limit(generated.lengths, leading) | at_limit(ct2_lengths, leading)
+    first = [n for n in leading if n not in cut_leading]
     cut = min(args.verify_identical, len(refs)) - len(first)
     identical = sum(1 for n in first if fairseq_hyps.get(n) == ct2_hyps.get(n))
     report = {"subset": args.subset, "sentences": len(refs), "beam": args.beam, "fairseq_bleu": fairseq_score["bleu"],
               "ct2_bleu": ct2_score["bleu"], "signature": ct2_score["signature"], "compared": len(first), "cut_at_length_limit": cut,
               "identical": identical, "fairseq_seconds": round(fairseq_seconds, 1),
               "ct2_seconds": round(ct2_seconds, 1)}
-    ct2_lengths = {n: len(r.hypotheses[0]) if r.hypotheses else MAX_LENGTH for n, r in enumerate(results)}
     report["length_limit"] = runaways(fairseq_hyps, ct2_hyps, refs, generated.lengths, ct2_lengths)
     drop = fairseq_score["bleu"] - ct2_score["bleu"]
     if drop > args.max_bleu_drop:
+        note = runaway_note(report["length_limit"])
         raise Failure(f"the converted model scores {ct2_score['bleu']:.2f} BLEU on {args.subset}, "
                       f"{drop:.2f} below fairseq's {fairseq_score['bleu']:.2f} (--max-bleu-drop {args.max_bleu_drop})"
-                      + runaway_note(report["length_limit"]))
+                      + (f"; {note}" if note else ""))
     if args.quantization == "float32" and identical < len(first):
         raise Failure(f"float32 conversion: {len(first) - identical} of the first {len(first)} {args.subset} "
                            "hypotheses differ from fairseq-generate's")
@@ -202,8 +204,7 @@ def verify(ctranslate2, args, converted: str, model_args) -> dict:
 def runaways(fairseq_hyps: dict, ct2_hyps: dict, refs: dict, fairseq_lengths: dict, ct2_lengths: dict) -> dict:
     """The sentences either engine ran to the length limit (an under-trained model's repetitions, a few hundred
     words each: enough to move a corpus BLEU by tenths), and both engines' BLEU without them."""
-    fairseq_cut = {n for n in refs if fairseq_lengths.get(n, MAX_LENGTH) >= MAX_LENGTH}
-    ct2_cut = {n for n in refs if ct2_lengths.get(n, MAX_LENGTH) >= MAX_LENGTH}
+    fairseq_cut, ct2_cut = at_limit(fairseq_lengths, refs), at_limit(ct2_lengths, refs)
     found = {"fairseq": len(fairseq_cut), "ct2": len(ct2_cut), "either": len(fairseq_cut | ct2_cut)}
     kept = {n: ref for n, ref in refs.items() if n not in fairseq_cut | ct2_cut}
     if found["either"] and kept:
@@ -212,11 +213,16 @@ def runaways(fairseq_hyps: dict, ct2_hyps: dict, refs: dict, fairseq_lengths: di
     return found
 
 
+def at_limit(lengths: dict, ids) -> set:
+    """The ids whose hypothesis ran to the length limit (a sentence without one counts as such)."""
+    return {n for n in ids if lengths.get(n, MAX_LENGTH) >= MAX_LENGTH}
+
+
 def runaway_note(found: dict) -> str:
     """Where the length limit's runaways account for BLEU: how many, and the two scores without them."""
     if "fairseq_bleu_without" not in found:
         return ""
-    return (f"; {found['either']} sentence(s) ran to the length limit ({MAX_LENGTH} tokens; fairseq "
+    return (f"{found['either']} sentence(s) ran to the length limit ({MAX_LENGTH} tokens; fairseq "
             f"{found['fairseq']}, CTranslate2 {found['ct2']}): without them fairseq {found['fairseq_bleu_without']:.2f}, "
             f"CTranslate2 {found['ct2_bleu_without']:.2f}")
 
@@ -264,7 +270,7 @@ def summary(report: dict) -> str:
                      f"{check['ct2_seconds']} s (CTranslate2)")
         note = runaway_note(check.get("length_limit", {}))
         if note:
-            lines.append(f"  {note[2:]}")
+            lines.append(f"  {note}")
     # on CPU CTranslate2 serves fastest with one thread a batch and a batch per core (docs/deployment.md)
     lines.append(f"  serve it: ctranslate2.Translator({report['output']!r}, device='cpu', inter_threads=<cores>, "
                  f"intra_threads=1).translate_batch(sentences, beam_size=5, "
